@@ -1,0 +1,146 @@
+"""Iterative attacks in an Lp ball: BIM and PGD (with restarts), on the shared threat models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
+                                    fooled, generator, input_grad, per_example, prepare,
+                                    threat_model)
+from robustkit.attacks.threat import ThreatModel
+
+Tensor = torch.Tensor
+
+
+def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: ThreatModel,
+            eps: Tensor, alpha: Tensor, steps: int, targeted: bool, early_stop: bool = False,
+            loss: str = "ce", counter: list[int] | None = None) -> tuple[Tensor, Tensor | None]:
+    """Projected gradient steps from ``x_start``; the loop that BIM, PGD and curves share.
+
+    Args:
+        x, y: clean images (N, C, H, W) and labels (N,), on the model's device.
+        x_start: the first iterate, inside the ball.
+        eps, alpha: per-example radius and step size, (N, 1, 1, 1).
+        early_stop: freeze each example at the first iterate that fools the model and
+            attack only the rest; then the success mask (N,) is returned too.
+        counter: if given, ``counter[0]`` is increased by the number of per-example
+            forward+backward passes spent (for cost accounting).
+
+    Returns:
+        ``(x_adv, success)``; ``success`` is None unless ``early_stop``.
+    """
+    x_adv = x_start
+    if counter is None:
+        counter = [0]
+    if not early_stop:
+        counter[0] += steps * len(x)
+        for _ in range(steps):
+            grad, _ = input_grad(model, x_adv, y, targeted, loss)
+            x_adv = threat.project(threat.step(x_adv, grad, alpha), x, eps)
+        return x_adv, None
+
+    x_adv = x_adv.clone()
+    success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    active = torch.arange(len(x), device=x.device)  # indices still being attacked
+    xa, xc, ya, ea, aa = x_adv, x, y, eps, alpha
+    for _ in range(steps):
+        grad, logits = input_grad(model, xa, ya, targeted, loss)
+        counter[0] += len(xa)
+        hit = fooled(logits, ya, targeted)  # judged at the current iterate, before stepping
+        if hit.any():
+            success[active[hit]] = True
+            x_adv[active[hit]] = xa[hit]
+            keep = ~hit
+            active, xa, xc, ya, ea, aa, grad = (t[keep] for t in (active, xa, xc, ya, ea, aa, grad))
+            if len(active) == 0:
+                return x_adv, success
+        xa = threat.project(threat.step(xa, grad, aa), xc, ea)
+    x_adv[active] = xa
+    with torch.no_grad():
+        success[active] = fooled(model(xa), ya, targeted)
+    return x_adv, success
+
+
+def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
+        steps: int = 40, norm: str = "linf", random_start: bool = True, restarts: int = 1,
+        targeted: bool = False, seed: int | None = None) -> Tensor:
+    """Projected gradient descent on the cross-entropy loss, with random restarts.
+
+    Madry, Makelov, Schmidt, Tsipras and Vladu 2017, "Towards Deep Learning Models
+    Resistant to Adversarial Attacks", arXiv 1706.06083.
+
+    Args:
+        model: returns logits (N, K) for images in [0, 1].
+        x: images (N, C, H, W) in [0, 1].
+        y: true labels (N,), or target labels when ``targeted``.
+        eps: radius of the ``norm`` ball in pixel units, >= 0.
+        alpha: step size; default ``2.5 * eps / steps``.
+        steps: gradient steps per restart.
+        norm: ``linf`` or ``l2``.
+        random_start: start at a uniform random point of the ball (else at ``x``).
+        restarts: independent runs; each example keeps its worst case (fooled if any run
+            fooled it, else the run with the highest loss).
+        targeted: descend towards ``y``.
+        seed: seeds the random starts (None: the global RNG).
+
+    Returns:
+        Adversarial images (N, C, H, W) inside the eps-ball and [0, 1].
+
+    Example:
+        >>> x_adv = pgd(model, x, y, eps=0.3, alpha=0.01, steps=40, seed=0)   # doctest: +SKIP
+    """
+    what = "pgd" if random_start else "bim"
+    eps = check_eps(eps, what)
+    check_positive_int(steps, what, "steps")
+    check_positive_int(restarts, what, "restarts")
+    alpha = 2.5 * eps / steps if alpha is None else check_eps(alpha, what, "alpha")
+    tm = threat_model(norm, what)
+    x0, y0 = prepare(model, x, y, what)
+    gen = generator(seed)
+    e = per_example(eps, len(x0), x0)
+    a = per_example(alpha, len(x0), x0)
+    with borrowed(model, what):
+        best, best_loss, best_hit = None, None, None
+        for _ in range(restarts):
+            start = tm.random_start(x0, e, gen) if random_start else x0
+            x_adv, _ = iterate(model, x0, y0, start, threat=tm, eps=e, alpha=a, steps=steps,
+                               targeted=targeted)
+            if restarts == 1:
+                best = x_adv
+                break
+            with torch.no_grad():
+                logits = model(x_adv)
+            hit = fooled(logits, y0, targeted)
+            loss = F.cross_entropy(logits, y0, reduction="none") * (-1 if targeted else 1)
+            if best is None:
+                best, best_loss, best_hit = x_adv, loss, hit
+                continue
+            # Take the new run where it fools and the old did not, or where neither
+            # fools and it has the higher loss.
+            take = (hit & ~best_hit) | ((hit == best_hit) & ~best_hit & (loss > best_loss))
+            best = torch.where(take[:, None, None, None], x_adv, best)
+            best_loss = torch.where(take, loss, best_loss)
+            best_hit = best_hit | hit
+    return check_result(best, x0, eps=eps, norm=norm, what=what)
+
+
+def bim(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
+        steps: int = 10, norm: str = "linf", targeted: bool = False) -> Tensor:
+    """Basic iterative method: PGD from the clean image, without random start.
+
+    Kurakin, Goodfellow and Bengio 2016, "Adversarial Examples in the Physical World",
+    arXiv 1607.02533.
+
+    Args:
+        See :func:`pgd`; ``alpha`` defaults to ``2.5 * eps / steps``.
+
+    Returns:
+        Adversarial images (N, C, H, W) inside the eps-ball and [0, 1].
+
+    Example:
+        >>> x_adv = bim(model, x, y, eps=0.1, steps=10)   # doctest: +SKIP
+    """
+    return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=False,
+               restarts=1, targeted=targeted)

@@ -1,0 +1,113 @@
+"""Threat models as three small functions: random start, step, projection.
+
+An Lp threat model says which perturbations are allowed (the eps-ball around ``x``,
+inside the [0, 1] image box) and how a gradient step moves inside it. FGSM is one Linf
+step of size eps; BIM and PGD loop over the same pieces; L2 differs from Linf only here.
+
+All functions take ``eps`` and ``alpha`` as tensors broadcastable to (N, 1, 1, 1), so each
+example can have its own radius (robustness curves, minimal-perturbation searches).
+
+Example:
+    >>> tm = THREATS.get("linf")
+    >>> x = torch.full((1, 1, 2, 2), 0.5)
+    >>> tm.project(x + 1.0, x, torch.tensor(0.1)).max().item()
+    0.6000000238418579
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from robustkit.registry import Registry
+
+Tensor = torch.Tensor
+
+
+def flat_norm(t: Tensor, p: float) -> Tensor:
+    """Per-example Lp norm of (N, ...) as (N,)."""
+    return t.flatten(1).norm(p=p, dim=1)
+
+
+def _view(t: Tensor, ref: Tensor) -> Tensor:
+    """Per-example values (N,) as (N, 1, 1, 1), matching ``ref``'s rank."""
+    return t.reshape(-1, *([1] * (ref.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An Lp ball intersected with the [0, 1] box.
+
+    Attributes:
+        name: ``linf`` or ``l2``.
+        p: the norm's order.
+        random_start: ``(x, eps, generator) -> x0``, a random point of the ball.
+        step: ``(x_adv, grad, alpha) -> x_adv'``, steepest ascent of size alpha in this norm.
+        project: ``(x_adv, x, eps) -> x_adv'``, the closest point of ball and box (for
+            Linf exactly; for L2 the ball's projection followed by the box clip, which never
+            increases the distance to ``x`` because ``x`` is inside the box).
+    """
+
+    name: str
+    p: float
+    random_start: Callable[[Tensor, Tensor, torch.Generator | None], Tensor]
+    step: Callable[[Tensor, Tensor, Tensor], Tensor]
+    project: Callable[[Tensor, Tensor, Tensor], Tensor]
+
+    def norm(self, delta: Tensor) -> Tensor:
+        """Per-example size of ``delta`` (N, ...) in this norm, shape (N,)."""
+        return flat_norm(delta, self.p)
+
+
+def _rand(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Drawn on the CPU generator, then moved: the same seed gives the same start on any device.
+    return torch.rand(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def _randn(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+# ----------------------------------------------------------------------------- Linf
+
+def _linf_start(x: Tensor, eps: Tensor, gen: torch.Generator | None) -> Tensor:
+    noise = _rand(x.shape, x, gen).mul_(2).sub_(1)  # U(-1, 1), (N, C, H, W)
+    return (x + noise * eps).clamp_(0, 1)
+
+
+def _linf_step(x_adv: Tensor, grad: Tensor, alpha: Tensor) -> Tensor:
+    return x_adv + alpha * grad.sign()
+
+
+def _linf_project(x_adv: Tensor, x: Tensor, eps: Tensor) -> Tensor:
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0, 1)
+
+
+# ----------------------------------------------------------------------------- L2
+
+def _l2_start(x: Tensor, eps: Tensor, gen: torch.Generator | None) -> Tensor:
+    # Uniform in the ball: a Gaussian direction, radius eps * U^(1/d).
+    direction = _randn(x.shape, x, gen)
+    direction = direction / _view(flat_norm(direction, 2).clamp_min(1e-12), x)
+    d = x[0].numel()
+    radius = _rand(torch.Size([x.shape[0]]), x, gen).pow(1.0 / d)
+    return _l2_project(x + direction * _view(radius, x) * eps, x, eps)
+
+
+def _l2_step(x_adv: Tensor, grad: Tensor, alpha: Tensor) -> Tensor:
+    g_norm = _view(flat_norm(grad, 2).clamp_min(1e-12), grad)
+    return x_adv + alpha * grad / g_norm
+
+
+def _l2_project(x_adv: Tensor, x: Tensor, eps: Tensor) -> Tensor:
+    delta = x_adv - x
+    n = _view(flat_norm(delta, 2), delta)
+    factor = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
+    return (x + delta * factor).clamp_(0, 1)
+
+
+THREATS: Registry[ThreatModel] = Registry("norm")
+THREATS.register("linf")(ThreatModel("linf", float("inf"), _linf_start, _linf_step, _linf_project))
+THREATS.register("l2")(ThreatModel("l2", 2.0, _l2_start, _l2_step, _l2_project))

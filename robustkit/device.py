@@ -1,0 +1,35 @@
+"""Device selection: CUDA when present, then Apple MPS, then the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from robustkit.errors import RobustkitError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve ``"auto"`` to the fastest available device; check an explicit one exists.
+
+    Example:
+        >>> pick_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = str(device).split(":")[0]
+    if kind not in DEVICES:
+        raise RobustkitError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RobustkitError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RobustkitError("device 'mps' was asked for, but MPS is not available")
+    return torch.device(device)

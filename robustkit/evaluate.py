@@ -1,0 +1,346 @@
+"""Robust accuracy, robustness curves, and automated validity checks of an evaluation.
+
+Example:
+    >>> robust_accuracy(model, x, y, "pgd", eps=0.3, steps=40)                 # doctest: +SKIP
+    0.004
+    >>> robustness_curve(model, x, y, attack="pgd", eps=[0.1, 0.2, 0.3], steps=10)  # doctest: +SKIP
+    [{'eps': 0.1, 'accuracy': 0.71, ...}, ...]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustkit.attacks import BOUNDED, Attack, resolve
+from robustkit.attacks.base import (borrowed, check_eps, check_inputs, check_labels,
+                                    check_positive_int, fooled, generator, model_device,
+                                    per_example, threat_model)
+from robustkit.attacks.pgd import iterate
+from robustkit.train import predict
+
+Tensor = torch.Tensor
+
+
+def adversarial_examples(model: nn.Module, x: Tensor, y: Tensor, attack: str | Attack,
+                         batch_size: int = 500, progress: bool = True, **kwargs: Any) -> Tensor:
+    """Run ``attack`` over ``x`` in batches (with a progress bar); returns x_adv on the CPU.
+
+    Args:
+        model: the attacked model (named attacks).
+        x: images (N, C, H, W) in [0, 1]; y: labels (N,).
+        attack: a registered name or a callable ``(x, y) -> x_adv``.
+        kwargs: the attack's options (e.g. ``eps``).
+    """
+    check_inputs(x, y, what="adversarial_examples")
+    check_positive_int(batch_size, "adversarial_examples", "batch_size")
+    run = resolve(attack, model, **kwargs)
+    name = attack if isinstance(attack, str) else getattr(run, "__name__", "attack")
+    out = []
+    bar = tqdm(total=len(x), disable=not progress, unit="img", desc=str(name), leave=False)
+    try:
+        for i in range(0, len(x), batch_size):
+            out.append(run(x[i:i + batch_size], y[i:i + batch_size]).detach().cpu())
+            bar.update(len(out[-1]))
+    finally:
+        bar.close()
+    return torch.cat(out)
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str | Attack,
+                    batch_size: int = 500, progress: bool = True, **kwargs: Any) -> float:
+    """Accuracy of ``model`` on ``attack``'s adversarial examples of ``x``.
+
+    An example counts as robust only if it is classified correctly both clean and
+    attacked, so the result never exceeds clean accuracy.
+
+    Args:
+        model: returns logits (N, K); x: (N, C, H, W) in [0, 1]; y: true labels (N,).
+        attack: a registered name (``"pgd"``) or a callable ``(x, y) -> x_adv``.
+        batch_size: images per attack call.
+        kwargs: the attack's options.
+
+    Returns:
+        A fraction in [0, 1].
+    """
+    x_adv = adversarial_examples(model, x, y, attack, batch_size, progress, **kwargs)
+    clean_ok = predict(model, x).argmax(1) == y.cpu()
+    adv_ok = predict(model, x_adv).argmax(1) == y.cpu()
+    return (clean_ok & adv_ok).float().mean().item()
+
+
+def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: str | Attack = "pgd",
+                     eps: Sequence[float], batch_size: int = 1000, progress: bool = True,
+                     seed: int | None = 0, **attack_kwargs: Any) -> list[dict[str, Any]]:
+    """Accuracy against eps, far cheaper than attacking afresh at every eps.
+
+    An adversarial example at eps is one at every larger eps, so each eps attacks only
+    the examples still robust at the previous one. For ``pgd`` and ``bim`` each example
+    also stops at the first iterate that fools the model, and the next eps warm-starts
+    from the last iterate (which lies inside the larger ball). Other attacks (and user
+    callables) run once per eps on the still-robust examples.
+
+    Args:
+        model: returns logits (N, K); x: (N, C, H, W) in [0, 1]; y: true labels (N,).
+        attack: ``pgd``/``bim`` (incremental), another registered name, or a callable
+            ``(x, y, eps=...) -> x_adv`` that takes the radius as a keyword.
+        eps: the radii, any order; the result is sorted by eps.
+        seed: seeds the random start (pgd).
+        attack_kwargs: ``steps``, ``alpha`` (default ``2.5 * eps / steps``), ``norm``,
+            ``random_start``, ``targeted`` ... as for the attack.
+
+    Returns:
+        One dict per eps: ``eps``, ``accuracy``, ``attacked`` (examples attacked at this
+        eps), ``gradient_evaluations`` (example-steps spent) and ``seconds``.
+    """
+    check_inputs(x, y, what="robustness_curve")
+    eps_list = sorted(check_eps(e, "robustness_curve") for e in eps)
+    if not eps_list:
+        raise ValueError("robustness_curve: eps must hold at least one value")
+    dev = model_device(model, x)
+    robust = (predict(model, x).argmax(1) == y.cpu())  # (N,) wrong clean = never robust
+    incremental = isinstance(attack, str) and attack in ("pgd", "bim")
+    records = []
+    bar = tqdm(total=len(eps_list), disable=not progress, unit="eps", desc="curve", leave=False)
+    try:
+        if incremental:
+            records = _incremental_curve(model, x, y, robust, eps_list, attack, dev, batch_size,
+                                         seed, bar, **attack_kwargs)
+        else:
+            for e in eps_list:
+                start = time.perf_counter()
+                idx = robust.nonzero().squeeze(1)
+                if len(idx):
+                    if isinstance(attack, str):
+                        kw = dict(attack_kwargs, **({"eps": e} if attack in BOUNDED else {}))
+                        run: str | Attack = attack
+                    else:
+                        kw = {"eps": e, "norm": attack_kwargs.get("norm", "linf")}
+                        run = _with_eps(attack, e)
+                    x_adv = adversarial_examples(model, x[idx], y[idx], run, batch_size,
+                                                 progress=False, **kw)
+                    robust[idx] = predict(model, x_adv).argmax(1) == y[idx].cpu()
+                records.append({"eps": e, "accuracy": robust.float().mean().item(),
+                                "attacked": int(len(idx)), "gradient_evaluations": None,
+                                "seconds": time.perf_counter() - start})
+                bar.update()
+    finally:
+        bar.close()
+    return records
+
+
+def _with_eps(attack: Any, eps: float) -> Attack:
+    def run(x: Tensor, y: Tensor) -> Tensor:
+        return attack(x, y, eps=eps)
+
+    run.__name__ = getattr(attack, "__name__", "attack")
+    return run
+
+
+def _incremental_curve(model: nn.Module, x: Tensor, y: Tensor, robust: Tensor,
+                       eps_list: list[float], attack: str, dev: torch.device, batch_size: int,
+                       seed: int | None, bar: tqdm, *, steps: int = 10,
+                       alpha: float | None = None, norm: str = "linf",
+                       random_start: bool | None = None, targeted: bool = False
+                       ) -> list[dict[str, Any]]:
+    check_positive_int(steps, "robustness_curve", "steps")
+    tm = threat_model(norm, "robustness_curve")
+    if random_start is None:
+        random_start = attack == "pgd"
+    gen = generator(seed)
+    x_last = x.detach().clone()  # (N, C, H, W): the last iterate of every example
+    records = []
+    with borrowed(model, "robustness_curve"):
+        check_labels(y, predict(model, x[:1]).shape[1], "robustness_curve")
+        for k, e in enumerate(eps_list):
+            start_time = time.perf_counter()
+            idx = robust.nonzero().squeeze(1)
+            evaluations = 0
+            a_val = 2.5 * e / steps if alpha is None else alpha
+            for i in range(0, len(idx), batch_size):
+                b = idx[i:i + batch_size]
+                xb = x[b].to(dev)
+                yb = y[b].to(dev)
+                eb = per_example(e, len(b), xb)
+                ab = per_example(a_val, len(b), xb)
+                if k == 0:
+                    start = tm.random_start(xb, eb, gen) if random_start else xb
+                else:
+                    start = x_last[b].to(dev)  # inside the previous, smaller ball
+                x_adv, hit = iterate(model, xb, yb, start, threat=tm, eps=eb, alpha=ab,
+                                     steps=steps, targeted=targeted, early_stop=True,
+                                     counter=(counter := [0]))
+                evaluations += counter[0]
+                x_last[b] = x_adv.cpu()
+                robust[b[hit.cpu()]] = False
+            records.append({"eps": e, "accuracy": robust.float().mean().item(),
+                            "attacked": int(len(idx)), "gradient_evaluations": evaluations,
+                            "seconds": time.perf_counter() - start_time})
+            bar.update()
+    return records
+
+
+def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
+                    norm: str = "linf", steps: int = 20, large_eps: float | None = None,
+                    transfer_from: nn.Module | None = None, seed: int = 0,
+                    batch_size: int = 500, progress: bool = True) -> dict[str, Any]:
+    """Automated sanity checks of a robustness evaluation.
+
+    After Carlini et al. 2019, "On Evaluating Adversarial Robustness" (arXiv 1902.06705),
+    section 5: signs that an attack is broken or that the model masks its gradients.
+
+    Checks (each with its numbers):
+        - ``iterative_beats_single_step``: PGD accuracy <= FGSM accuracy (Linf) or the
+          one-step PGD accuracy (L2).
+        - ``more_steps_barely_help``: PGD with twice the steps lowers accuracy by at most
+          2 points (otherwise the attack had not converged).
+        - ``monotone_in_eps``: accuracy does not rise with eps (1 point slack) over
+          eps/4, eps/2, eps, 2 eps and ``large_eps``.
+        - ``large_eps_reaches_zero``: at ``large_eps`` (Linf 0.5, L2 10) accuracy <= 2%.
+        - ``beats_random_noise``: PGD accuracy is at least 5 points below random noise of
+          the same norm (or both are <= 2%).
+        - ``beats_transfer``: with ``transfer_from``, white-box PGD accuracy <= accuracy on
+          PGD examples crafted on that model (skipped without one).
+
+    Returns:
+        ``{"passed": bool, "checks": [{"name", "passed", "detail", ...numbers}]}``;
+        ``passed`` is True when every check that ran passed.
+    """
+    check_inputs(x, y, what="validity_checks")
+    eps = check_eps(eps, "validity_checks")
+    threat_model(norm, "validity_checks")  # refuse an unknown norm before any work
+    if large_eps is None:
+        large_eps = 0.5 if norm == "linf" else 10.0
+
+    def acc(attack: str | Attack, **kw: Any) -> float:
+        return robust_accuracy(model, x, y, attack, batch_size=batch_size, progress=False, **kw)
+
+    bar = tqdm(total=8, disable=not progress, desc="validity checks", leave=False)
+
+    def tick(value: float) -> float:
+        bar.update()
+        return value
+
+    try:
+        clean = tick(float((predict(model, x).argmax(1) == y.cpu()).float().mean()))
+        pgd_kw = {"norm": norm, "seed": seed}
+        pgd_acc = tick(acc("pgd", eps=eps, steps=steps, **pgd_kw))
+        if norm == "linf":
+            single = tick(acc("fgsm", eps=eps))
+        else:
+            single = tick(acc("pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm))
+        pgd_double = tick(acc("pgd", eps=eps, steps=2 * steps, **pgd_kw))
+        grid = [eps / 4, eps / 2, eps, 2 * eps, large_eps]
+        curve = robustness_curve(model, x, y, attack="pgd", eps=grid, steps=steps, norm=norm,
+                                 seed=seed, progress=False, batch_size=batch_size)
+        tick(0.0)
+        curve_acc = [r["accuracy"] for r in curve]
+        large_acc = curve_acc[-1]
+        x_noise = _noise_at_radius(x, eps, norm, generator(seed))
+        noise_acc = tick(float(((predict(model, x_noise).argmax(1) == y.cpu())
+                                & (predict(model, x).argmax(1) == y.cpu())).float().mean()))
+        transfer_acc = None
+        if transfer_from is not None:
+            x_tr = adversarial_examples(transfer_from, x, y, "pgd", batch_size, progress=False,
+                                        eps=eps, steps=steps, **pgd_kw)
+            transfer_acc = float(((predict(model, x_tr).argmax(1) == y.cpu())
+                                  & (predict(model, x).argmax(1) == y.cpu())).float().mean())
+        tick(0.0)
+    finally:
+        bar.close()
+
+    checks = [
+        {"name": "iterative_beats_single_step", "passed": pgd_acc <= single + 1e-9,
+         "pgd": pgd_acc, "single_step": single,
+         "detail": f"PGD-{steps} {pgd_acc:.3f} vs single step {single:.3f}"},
+        {"name": "more_steps_barely_help", "passed": pgd_acc - pgd_double <= 0.02,
+         "pgd": pgd_acc, "pgd_double_steps": pgd_double,
+         "detail": f"PGD-{steps} {pgd_acc:.3f} vs PGD-{2 * steps} {pgd_double:.3f}"},
+        {"name": "monotone_in_eps",
+         "passed": all(b <= a + 0.01 for a, b in zip(curve_acc, curve_acc[1:])),
+         "eps": grid, "accuracy": curve_acc,
+         "detail": ", ".join(f"{e:.3g}: {a:.3f}" for e, a in zip(grid, curve_acc))},
+        {"name": "large_eps_reaches_zero", "passed": large_acc <= 0.02,
+         "eps": large_eps, "accuracy": large_acc,
+         "detail": f"accuracy {large_acc:.3f} at eps {large_eps:g}"},
+        {"name": "beats_random_noise",
+         "passed": pgd_acc <= noise_acc - 0.05 or (pgd_acc <= 0.02 and noise_acc <= 0.02),
+         "pgd": pgd_acc, "noise": noise_acc,
+         "detail": f"PGD {pgd_acc:.3f} vs random {norm} noise of size {eps:g} {noise_acc:.3f}"},
+    ]
+    if transfer_acc is not None:
+        checks.append({"name": "beats_transfer", "passed": pgd_acc <= transfer_acc + 1e-9,
+                       "pgd": pgd_acc, "transfer": transfer_acc,
+                       "detail": f"white-box {pgd_acc:.3f} vs transferred {transfer_acc:.3f}"})
+    else:
+        checks.append({"name": "beats_transfer", "passed": None,
+                       "detail": "skipped: no transfer_from model given"})
+    ran = [c["passed"] for c in checks if c["passed"] is not None]
+    return {"passed": all(ran), "clean_accuracy": clean, "eps": eps, "norm": norm,
+            "checks": checks}
+
+
+def _noise_at_radius(x: Tensor, eps: float, norm: str, gen: torch.Generator | None) -> Tensor:
+    """Random perturbations of exactly size eps (before the [0, 1] clip): signs for Linf,
+    a uniform direction for L2."""
+    if norm == "linf":
+        signs = torch.randint(0, 2, x.shape, generator=gen, dtype=torch.int8).to(x.dtype) * 2 - 1
+        return (x + eps * signs).clamp(0, 1)
+    direction = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return (x + eps * direction).clamp(0, 1)
+
+
+def minimal_table(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "l2",
+                  steps: int = 100, batch_size: int = 1000, progress: bool = True
+                  ) -> dict[str, Any]:
+    """Median smallest perturbation turning images of each class into each other class.
+
+    Every image is attacked towards every class other than its own with
+    :func:`robustkit.attacks.minimal_targeted`.
+
+    Args:
+        x: images (N, C, H, W) in [0, 1]; y: their true labels (N,).
+        norm: ``l2`` or ``linf``.
+        steps: gradient steps per search.
+
+    Returns:
+        ``{"median": K x K nested list (None on the diagonal and where no pair succeeded),
+        "success_rate": fraction of (image, target) pairs reached, "pairs": count,
+        "norm": norm}``. Rows are true classes, columns targets.
+    """
+    from robustkit.attacks import minimal_targeted
+
+    check_inputs(x, y, what="minimal_table")
+    k = predict(model, x[:1]).shape[1]
+    check_labels(y, k, "minimal_table")
+    # Every (image, target != label) pair: image index repeated k - 1 times.
+    targets = torch.arange(k).repeat(len(y), 1)  # (N, K)
+    keep = targets != y[:, None]
+    img_idx = torch.arange(len(y))[:, None].expand(-1, k)[keep]  # (P,)
+    tgt = targets[keep]  # (P,)
+    sizes = torch.empty(len(tgt))
+    bar = tqdm(total=len(tgt), disable=not progress, unit="pair", desc=f"minimal {norm}",
+               leave=False)
+    try:
+        for i in range(0, len(tgt), batch_size):
+            sl = slice(i, i + batch_size)
+            _, found = minimal_targeted(model, x[img_idx[sl]], tgt[sl], norm=norm, steps=steps)
+            sizes[sl] = found.cpu()
+            bar.update(len(found))
+    finally:
+        bar.close()
+    src = y[img_idx]
+    median: list[list[float | None]] = [[None] * k for _ in range(k)]
+    for r in range(k):
+        for t in range(k):
+            sel = (src == r) & (tgt == t) & torch.isfinite(sizes)
+            if r != t and sel.any():
+                median[r][t] = float(sizes[sel].median())
+    return {"norm": norm, "median": median, "pairs": int(len(tgt)),
+            "success_rate": float(torch.isfinite(sizes).float().mean())}

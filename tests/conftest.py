@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated cache and data root, no network, tiny seeded data and models.
+
+The cache folder is one per test session, so the embedded ``mnist-5k`` CSV is parsed once;
+the torchvision data root is a fresh empty folder per test, so a test that forgets to write
+its files sees "missing" rather than whatever a developer has downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+from robustkit import data, models
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One cache folder for the whole session (mnist-5k's parsed ``.npz`` lives here)."""
+    return tmp_path_factory.mktemp("robustkit-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(session_cache, tmp_path_factory, monkeypatch):
+    """Point ROBUSTKIT_CACHE and ROBUSTKIT_DATA at temporary folders and forbid the network."""
+    data_root = tmp_path_factory.mktemp("robustkit-data")
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(session_cache))
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(data_root))
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("tests must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    return {"cache": session_cache, "data": data_root}
+
+
+@pytest.fixture
+def data_root(isolated_env):
+    """The (empty) folder that ``$ROBUSTKIT_DATA`` names for this test."""
+    return isolated_env["data"]
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(session_cache, tmp_path_factory):
+    """Environment for ``python -m robustkit`` subprocesses: same cache, empty data root."""
+    env = dict(os.environ)
+    env["ROBUSTKIT_CACHE"] = str(session_cache)
+    env["ROBUSTKIT_DATA"] = str(tmp_path_factory.mktemp("robustkit-data-subprocess"))
+    return env
+
+
+@pytest.fixture
+def mnist_small():
+    """256 stratified mnist-5k training images (float32 (256, 1, 28, 28) in [0, 1]) and labels."""
+    return data.load_tensors("mnist-5k", "train", train_size=256, seed=0)
+
+
+@pytest.fixture
+def mnist_test_small():
+    """The first 200 mnist-5k test images and labels."""
+    x, y = data.load_tensors("mnist-5k", "test")
+    return x[:200], y[:200]
+
+
+@pytest.fixture
+def tiny_mlp():
+    """A seeded MLP small enough to train in milliseconds: 784 -> 16 (tanh) -> 10."""
+    torch.manual_seed(0)
+    return models.create("mlp", (1, 28, 28), 10, mean=(0.1307,), std=(0.3081,),
+                         hidden=(16,), activation="tanh", dropout=0.1)
+
+
+@pytest.fixture
+def tiny_batch():
+    """Eight seeded images in [0, 1], (8, 1, 28, 28)."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.rand(8, 1, 28, 28, generator=g)

@@ -1,0 +1,207 @@
+"""Training: losses go down, runs are reproducible on the CPU, and the losses are the textbook ones."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustkit import models
+from robustkit.config import TrainConfig
+from robustkit.errors import RobustkitError
+from robustkit.train import History, fit, loss_function, predict, random_shift
+
+QUIET = {"quiet": True, "device": "cpu"}
+
+
+def _logistic():
+    torch.manual_seed(0)
+    return models.create("logistic", (1, 28, 28), 10, mean=(0.1307,), std=(0.3081,))
+
+
+def _mean_loss(model, x, y, loss: str) -> float:
+    with torch.no_grad():
+        return loss_function(loss, 10)(predict(model, x), y).item()
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_a_few_epochs_lower_the_loss(loss, mnist_small, mnist_test_small):
+    x, y = mnist_small
+    model = _logistic()
+    before = _mean_loss(model, x, y, loss)
+    history = fit(model, (x, y), mnist_test_small, epochs=3, batch_size=32, lr=0.02, loss=loss,
+                  augment="none", **QUIET)
+    after = _mean_loss(model, x, y, loss)
+    assert after < 0.8 * before
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+    assert history.final_test_accuracy > 0.5  # chance is 0.1
+
+
+def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(mnist_small):
+    # An MLP with dropout and shifts, so shuffling, dropout masks and offsets all draw randomness.
+    def run(seed):
+        torch.manual_seed(0)  # the same initial weights each time
+        model = models.create("mlp", hidden=(16,), dropout=0.2)
+        fit(model, mnist_small, epochs=2, batch_size=64, lr=0.05, augment="shift", seed=seed,
+            **QUIET)
+        return model.state_dict()
+
+    a, b, c = run(0), run(0), run(1)
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
+    assert not torch.equal(a["out.weight"], c["out.weight"])
+
+
+def test_seed_alone_changes_the_order_of_batches(mnist_small):
+    # No dropout, no augmentation: only the shuffling depends on the seed.
+    def run(seed):
+        model = _logistic()
+        fit(model, mnist_small, epochs=1, batch_size=64, augment="none", seed=seed, **QUIET)
+        return model.linear.weight.detach().clone()
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+
+
+def test_history_records_every_epoch(mnist_small, mnist_test_small):
+    model = _logistic()
+    history = fit(model, mnist_small, mnist_test_small, epochs=2, batch_size=64, **QUIET)
+    assert isinstance(history, History)
+    assert [e["epoch"] for e in history.epochs] == [1, 2]
+    for e in history.epochs:
+        assert {"epoch", "loss", "train_accuracy", "test_accuracy", "lr", "seconds"} <= set(e)
+        assert e["loss"] > 0 and e["seconds"] >= 0 and e["lr"] > 0
+        assert 0.0 <= e["train_accuracy"] <= 1.0 and 0.0 <= e["test_accuracy"] <= 1.0
+    assert history.final_test_accuracy == history.epochs[-1]["test_accuracy"]
+    assert history.seconds == pytest.approx(sum(e["seconds"] for e in history.epochs))
+    assert history.device == "cpu" and history.amp is False
+    # test_accuracy is the accuracy of the final model on the test data
+    x_test, y_test = mnist_test_small
+    acc = (predict(model, x_test).argmax(1) == y_test).float().mean().item()
+    assert history.final_test_accuracy == pytest.approx(acc)
+
+
+def test_history_without_test_data_has_none(mnist_small):
+    history = fit(_logistic(), mnist_small, epochs=1, **QUIET)
+    assert history.epochs[0]["test_accuracy"] is None
+    assert history.final_test_accuracy is None
+
+
+def test_fit_leaves_the_model_in_eval_mode(mnist_small, tiny_mlp):
+    tiny_mlp.train()
+    fit(tiny_mlp, mnist_small, epochs=1, **QUIET)
+    assert not tiny_mlp.training
+    assert all(not m.training for m in tiny_mlp.modules())
+    assert all(p.grad is None for p in tiny_mlp.parameters())
+
+
+def test_fit_accepts_a_config_and_keywords_override_it(mnist_small):
+    cfg = TrainConfig(epochs=3, batch_size=128, lr=0.01)
+    history = fit(_logistic(), mnist_small, config=cfg, epochs=1, **QUIET)
+    assert len(history.epochs) == 1
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"epochs": 0}, "epochs"),
+    ({"epochs": -2}, "epochs"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": -1.0}, "lr"),
+    ({"loss": "hinge"}, "loss"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"optimizer": "lbfgs"}, "optimizer"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"augment": "flip"}, "augment"),
+])
+def test_bad_config_values_raise(bad, match, mnist_small):
+    model = _logistic()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RobustkitError, match=match):
+        fit(model, mnist_small, **bad, **QUIET)
+    with pytest.raises(RobustkitError, match=match):
+        TrainConfig(**bad)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_bad_data_raises(tiny_mlp):
+    x = torch.rand(4, 1, 28, 28)
+    with pytest.raises(RobustkitError, match="x must be"):
+        fit(tiny_mlp, (x, torch.zeros(3, dtype=torch.long)), **QUIET)
+    with pytest.raises(RobustkitError, match="empty"):
+        fit(tiny_mlp, (x[:0], torch.zeros(0, dtype=torch.long)), **QUIET)
+    with pytest.raises(RobustkitError, match="CUDA"):
+        fit(tiny_mlp, (x, torch.zeros(4, dtype=torch.long)), amp=True, **QUIET)
+
+
+def test_random_shift_keeps_shape_and_zero_shift_is_identity():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 8, 6, generator=g)
+    assert random_shift(x, 2, g).shape == x.shape
+    assert torch.equal(random_shift(x, 0, g), x)
+
+
+def _translate(img, dy, dx):
+    """img (C, H, W) moved by (dy, dx): out[:, i, j] = img[:, i + dy, j + dx], zero outside."""
+    out = torch.zeros_like(img)
+    _, h, w = img.shape
+    for i, j in itertools.product(range(h), range(w)):
+        if 0 <= i + dy < h and 0 <= j + dx < w:
+            out[:, i, j] = img[:, i + dy, j + dx]
+    return out
+
+
+def test_random_shift_is_a_zero_filled_translation_per_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 2, 5, 5, generator=g) + 0.1  # no zeros in the original
+    out = random_shift(x, 1, g)
+    seen = set()
+    for img, moved in zip(x, out):
+        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                   if torch.equal(moved, _translate(img, dy, dx))]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 1  # each image draws its own offset
+
+
+def test_mse_loss_is_the_quadratic_cost_by_hand():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=g, dtype=torch.float64) * 3
+    y = torch.tensor([0, 3, 1, 1, 2, 0])
+    expected = 0.0
+    for n in range(6):
+        z = logits[n]
+        p = [torch.exp(z[k]).item() / torch.exp(z).sum().item() for k in range(4)]
+        expected += sum((p[k] - (1.0 if k == y[n] else 0.0)) ** 2 for k in range(4))
+    expected /= 6
+    got = loss_function("mse", 4)(logits, y)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cross_entropy_loss_is_the_negative_log_likelihood_by_hand():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 3, generator=g)
+    y = torch.tensor([2, 0, 1, 1, 0])
+    expected = -logits.log_softmax(1)[torch.arange(5), y].mean()
+    torch.testing.assert_close(loss_function("cross_entropy", 3)(logits, y), expected)
+    # label smoothing eps: the target is (1 - eps) one-hot + eps / K uniform
+    eps = 0.2
+    target = F.one_hot(y, 3) * (1 - eps) + eps / 3
+    expected_smooth = -(target * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(loss_function("cross_entropy", 3, eps)(logits, y), expected_smooth)
+
+
+def test_unknown_loss_function_is_refused():
+    with pytest.raises(RobustkitError, match="hinge"):
+        loss_function("hinge", 10)
+
+
+def test_predict_restores_the_training_flag(tiny_mlp, tiny_batch):
+    tiny_mlp.train()
+    out = predict(tiny_mlp, tiny_batch, batch_size=3)  # three batches: 3 + 3 + 2
+    assert tiny_mlp.training
+    assert out.shape == (8, 10)
+    tiny_mlp.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(out, tiny_mlp(tiny_batch))
