@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=sorted(LOSS_ALIASES), help="ce (cross-entropy) or mse")
     p.add_argument("--root", help="folder of torchvision datasets")
     p.add_argument("--download", action="store_true", help="let torchvision download a dataset")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                   help="mixed precision: auto = float16 on CUDA, bfloat16 on a CPU with native "
+                        "bfloat16, else off")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="score the test split every N epochs (default: after the last only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.set_defaults(func=cmd_train)
@@ -201,8 +206,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {args.model} ({n_params:,} parameters) on {args.dataset} "
           f"({len(train[1])} train / {len(test[1])} test), seed {args.seed}: "
           f"{json.dumps(dataclasses.asdict(cfg))}", flush=True)
+    if args.eval_every < 0:
+        raise RobustkitError(f"--eval-every must be >= 0, got {args.eval_every}")
     history = fit(model, train, test, config=cfg, device=args.device, seed=args.seed,
-                  quiet=args.quiet)
+                  amp={"auto": None, "on": True, "off": False}[args.amp],
+                  eval_every=args.eval_every, quiet=args.quiet)
     acc = history.final_test_accuracy
     models.save(
         model, args.out,
@@ -213,9 +221,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.quiet:
         for e in history.epochs:
+            test_txt = (f"  test acc {e['test_accuracy']:.4f}"
+                        if e["test_accuracy"] is not None else "")
             print(f"epoch {e['epoch']:3d}/{cfg.epochs}  loss {e['loss']:.4f}  "
-                  f"train acc {e['train_accuracy']:.4f}  test acc {e['test_accuracy']:.4f}  "
-                  f"{e['seconds']:.1f}s")
+                  f"train acc {e['train_accuracy']:.4f}{test_txt}  {e['seconds']:.1f}s")
     print(f"test accuracy {acc:.4f} ({acc * 100:.2f}%) after {cfg.epochs} epochs; "
           f"trained in {history.seconds:.1f}s on {history.device}, "
           f"{time.perf_counter() - start:.1f}s in all; saved {args.out}")

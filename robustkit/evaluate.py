@@ -196,7 +196,7 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
 
     Checks (each with its numbers):
         - ``iterative_beats_single_step``: PGD accuracy <= FGSM accuracy (Linf) or the
-          one-step PGD accuracy (L2).
+          one-step PGD accuracy (L2), with 1 point of slack.
         - ``more_steps_barely_help``: PGD with twice the steps lowers accuracy by at most
           2 points (otherwise the attack had not converged).
         - ``monotone_in_eps``: accuracy does not rise with eps (1 point slack) over
@@ -235,12 +235,12 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
         else:
             single = tick(acc("pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm))
         pgd_double = tick(acc("pgd", eps=eps, steps=2 * steps, **pgd_kw))
-        grid = [eps / 4, eps / 2, eps, 2 * eps, large_eps]
+        grid = sorted({eps / 4, eps / 2, eps, 2 * eps, large_eps})
         curve = robustness_curve(model, x, y, attack="pgd", eps=grid, steps=steps, norm=norm,
                                  seed=seed, progress=False, batch_size=batch_size)
         tick(0.0)
-        curve_acc = [r["accuracy"] for r in curve]
-        large_acc = curve_acc[-1]
+        curve_acc = [r["accuracy"] for r in curve]  # sorted by eps, like grid
+        large_acc = curve_acc[grid.index(large_eps)]
         x_noise = _noise_at_radius(x, eps, norm, generator(seed))
         noise_acc = tick(float(((predict(model, x_noise).argmax(1) == y.cpu())
                                 & (predict(model, x).argmax(1) == y.cpu())).float().mean()))
@@ -255,7 +255,8 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
         bar.close()
 
     checks = [
-        {"name": "iterative_beats_single_step", "passed": pgd_acc <= single + 1e-9,
+        # One point of slack: on a sound model PGD can trail FGSM by a few examples.
+        {"name": "iterative_beats_single_step", "passed": pgd_acc <= single + 0.01,
          "pgd": pgd_acc, "single_step": single,
          "detail": f"PGD-{steps} {pgd_acc:.3f} vs single step {single:.3f}"},
         {"name": "more_steps_barely_help", "passed": pgd_acc - pgd_double <= 0.02,

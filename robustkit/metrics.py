@@ -33,6 +33,7 @@ def success_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
     """
     check_inputs(x, y, what="success_rate")
     check_inputs(x_adv, y, what="success_rate")
+    _same_shape(x, x_adv, "success_rate")
     clean = predict(model, x, batch_size).argmax(1)
     adv = predict(model, x_adv, batch_size).argmax(1)
     y = y.cpu()

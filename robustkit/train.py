@@ -2,8 +2,10 @@
 
 Mini-batch SGD (Nesterov momentum) or Adam under a one-cycle learning-rate schedule
 (Smith and Topin 2017), with random shifts and label smoothing as regularizers. On CUDA
-it uses mixed precision (autocast + gradient scaling) and non-blocking copies; on the CPU
-the same seed gives the same weights bit for bit.
+it uses mixed precision (float16 autocast + gradient scaling) and non-blocking copies; on a
+CPU with native bfloat16 (AVX512-BF16 or AMX) it autocasts to bfloat16, which roughly
+doubles convolution throughput; elsewhere it trains in float32. On the CPU the same seed
+gives the same weights bit for bit.
 
 Example:
     >>> from robustkit import data, models
@@ -47,7 +49,7 @@ class History:
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     device: str = "cpu"
-    amp: bool = False
+    amp: str | None = None  # "float16", "bfloat16" or None (float32)
 
     @property
     def final_test_accuracy(self) -> float | None:
@@ -122,7 +124,13 @@ def loss_function(name: str, num_classes: int, label_smoothing: float = 0.0
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000,
             device: str | torch.device | None = None) -> torch.Tensor:
     """Logits for ``x`` (N, C, H, W) in batches, in eval mode; the model's mode is restored."""
-    dev = next(model.parameters()).device if device is None else pick_device(device)
+    if device is not None:
+        dev = pick_device(device)
+    else:
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            first = next(iter(model.buffers()), None)
+        dev = first.device if first is not None else x.device
     was_training = model.training
     model.eval()
     try:
@@ -155,6 +163,7 @@ def fit(
     device: str | torch.device = "auto",
     seed: int = 0,
     amp: bool | None = None,
+    eval_every: int = 1,
     quiet: bool = False,
 ) -> History:
     """Train ``model`` in place and return its per-epoch history.
@@ -169,7 +178,11 @@ def fit(
             see :class:`TrainConfig`.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
         seed: seeds initialization-independent randomness (shuffling, shifts, dropout).
-        amp: mixed precision; default on for CUDA, off elsewhere.
+        amp: mixed precision. None (default) picks it: float16 on CUDA, bfloat16 on a CPU
+            with native bfloat16 support, off elsewhere. True forces it (float16 on CUDA,
+            bfloat16 on the CPU), False trains in float32.
+        eval_every: score ``test`` every this many epochs (and always after the last);
+            other epochs record None. 0 scores after the last epoch only.
         quiet: no progress bar.
 
     Returns:
@@ -183,15 +196,13 @@ def fit(
     train_ds = _as_dataset(train, "train")
     test_ds = _as_dataset(test, "test") if test is not None else None
     dev = pick_device(device)
-    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
-    if use_amp and dev.type != "cuda":
-        raise RobustkitError("amp (mixed precision) is supported on CUDA only")
+    amp_dtype = amp_dtype_for(dev, amp)
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    if dev.type == "cuda" or amp_dtype is not None:
+        model.to(memory_format=torch.channels_last)  # faster convolutions with autocast
     num_classes = _num_classes(model, train_ds, dev)
     criterion = loss_function(cfg.loss, num_classes, cfg.label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -207,8 +218,10 @@ def fit(
         anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
         cycle_momentum=cfg.optimizer == "sgd",
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    history = History(device=str(dev), amp=use_amp)
+    # Gradient scaling guards float16's small range; bfloat16 has float32's range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    history = History(device=str(dev),
+                      amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None)
     bar = tqdm(total=cfg.epochs * len(loader), disable=quiet, unit="batch", leave=False,
                desc="train")
     try:
@@ -223,7 +236,8 @@ def fit(
                 yb = yb.to(dev, non_blocking=True)  # (B,)
                 if cfg.augment == "shift":
                     xb = random_shift(xb, 2, gen)
-                with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
                     logits = model(xb)
                     batch_loss = criterion(logits, yb)
                 opt.zero_grad(set_to_none=True)
@@ -239,7 +253,10 @@ def fit(
                 "epoch": epoch,
                 "loss": total_loss.item() / seen,
                 "train_accuracy": correct.item() / seen,
-                "test_accuracy": accuracy_of(model, *test_ds.tensors) if test_ds else None,
+                "test_accuracy": (accuracy_of(model, *test_ds.tensors)
+                                  if test_ds and (epoch == cfg.epochs
+                                                  or (eval_every and epoch % eval_every == 0))
+                                  else None),
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - start,
             }
@@ -255,6 +272,29 @@ def fit(
         model.eval()
         opt.zero_grad(set_to_none=True)
     return history
+
+
+def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """The autocast dtype for ``device``: float16 on CUDA, bfloat16 on a capable CPU, or None."""
+    if amp is False:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu":
+        if amp is None and not cpu_has_native_bf16():
+            return None
+        return torch.bfloat16
+    if amp:
+        raise RobustkitError(f"mixed precision is not supported on {device.type}")
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX), so autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _num_classes(model: nn.Module, ds: TensorDataset, dev: torch.device) -> int:

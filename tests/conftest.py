@@ -15,6 +15,10 @@ import torch
 
 from robustkit import data, models
 
+# Every test is tiny: one thread avoids oversubscribing the CPU when the suite runs beside
+# something else (set here, never in library code).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory):
@@ -78,3 +82,59 @@ def tiny_batch():
     """Eight seeded images in [0, 1], (8, 1, 28, 28)."""
     g = torch.Generator().manual_seed(1234)
     return torch.rand(8, 1, 28, 28, generator=g)
+
+
+@pytest.fixture(scope="session")
+def mnist_1000(session_cache):
+    """1000 stratified mnist-5k training images and the 1000 test images (the test split).
+
+    Session-scoped, so it sets ``ROBUSTKIT_CACHE`` itself (the autouse fixture is per test).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBUSTKIT_CACHE", str(session_cache))
+        train = data.load_tensors("mnist-5k", "train", train_size=1000, seed=0)
+        test = data.load_tensors("mnist-5k", "test")
+    return {"train": train, "test": test}
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(mnist_1000):
+    """An MLP 784 -> 64 (relu) -> 10, trained 3 epochs on 1000 images (~90% test accuracy).
+
+    In eval mode and shared by the whole session: tests must not change it (attacks promise
+    exactly that).
+    """
+    from robustkit.train import fit
+
+    torch.manual_seed(0)
+    model = models.create("mlp", hidden=(64,), dropout=0.0)
+    # amp=False: float32 on every CPU, so the weights (and the thresholds tuned on them)
+    # do not depend on whether this CPU has native bfloat16.
+    fit(model, mnist_1000["train"], epochs=3, batch_size=64, lr=0.01, augment="none",
+        device="cpu", amp=False, quiet=True)
+    return model.eval()
+
+
+@pytest.fixture
+def bn_cnn():
+    """A tiny seeded CNN with BatchNorm, for state checks: (N, 1, 28, 28) -> (N, 10).
+
+    conv (1 -> 4, 3x3, stride 2) -> bn -> relu -> flatten -> dropout -> fc (676 -> 10).
+    Its BatchNorm running statistics are non-trivial (a few seeded batches seen).
+    """
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(OrderedDict(
+        conv=torch.nn.Conv2d(1, 4, 3, stride=2),
+        bn=torch.nn.BatchNorm2d(4),
+        relu=torch.nn.ReLU(),
+        flat=torch.nn.Flatten(),
+        drop=torch.nn.Dropout(0.1),
+        fc=torch.nn.Linear(4 * 13 * 13, 10),
+    ))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 1, 28, 28, generator=g))
+    return model.eval()

@@ -77,7 +77,9 @@ def test_history_records_every_epoch(mnist_small, mnist_test_small):
         assert 0.0 <= e["train_accuracy"] <= 1.0 and 0.0 <= e["test_accuracy"] <= 1.0
     assert history.final_test_accuracy == history.epochs[-1]["test_accuracy"]
     assert history.seconds == pytest.approx(sum(e["seconds"] for e in history.epochs))
-    assert history.device == "cpu" and history.amp is False
+    # amp=None picks bfloat16 only where the CPU runs it natively
+    assert history.device == "cpu" and history.amp in (None, "bfloat16")
+    assert fit(_logistic(), mnist_small, epochs=1, amp=False, **QUIET).amp is None
     # test_accuracy is the accuracy of the final model on the test data
     x_test, y_test = mnist_test_small
     acc = (predict(model, x_test).argmax(1) == y_test).float().mean().item()
@@ -131,8 +133,31 @@ def test_bad_data_raises(tiny_mlp):
         fit(tiny_mlp, (x, torch.zeros(3, dtype=torch.long)), **QUIET)
     with pytest.raises(RobustkitError, match="empty"):
         fit(tiny_mlp, (x[:0], torch.zeros(0, dtype=torch.long)), **QUIET)
-    with pytest.raises(RobustkitError, match="CUDA"):
-        fit(tiny_mlp, (x, torch.zeros(4, dtype=torch.long)), amp=True, **QUIET)
+    with pytest.raises(RobustkitError, match="mixed precision is not supported on meta"):
+        fit(tiny_mlp, (x, torch.zeros(4, dtype=torch.long)), amp=True, quiet=True,
+            device=torch.device("meta"))
+
+
+def test_amp_choice():
+    from robustkit.train import amp_dtype_for
+
+    assert amp_dtype_for(torch.device("cuda"), None) == torch.float16
+    assert amp_dtype_for(torch.device("cuda"), False) is None
+    assert amp_dtype_for(torch.device("cpu"), True) == torch.bfloat16
+    assert amp_dtype_for(torch.device("cpu"), False) is None
+
+
+def test_bfloat16_training_on_cpu_lowers_the_loss_and_is_deterministic(mnist_small):
+    def run():
+        model = _logistic()
+        h = fit(model, mnist_small, epochs=2, batch_size=64, lr=0.02, augment="none", amp=True,
+                **QUIET)
+        return h, model.linear.weight.detach().clone()
+
+    (h1, w1), (_, w2) = run(), run()
+    assert h1.amp == "bfloat16"
+    assert h1.epochs[-1]["loss"] < h1.epochs[0]["loss"]
+    assert torch.equal(w1, w2)
 
 
 def test_random_shift_keeps_shape_and_zero_shift_is_identity():

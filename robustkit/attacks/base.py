@@ -124,9 +124,15 @@ def borrowed(model: nn.Module, what: str = "attack") -> Iterator[nn.Module]:
 
 
 def num_classes_of(model: nn.Module, x: Tensor) -> int:
-    """Number of logits, from one example."""
-    with torch.no_grad():
-        out = model(x[:1])
+    """Number of logits, from one example, in eval mode (so BatchNorm statistics stay put)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    finally:
+        for m, mode in modes:
+            m.training = mode
     if out.ndim != 2:
         raise ValueError(f"the model must return logits (N, K), got shape {tuple(out.shape)}")
     return int(out.shape[1])

@@ -27,8 +27,8 @@ def _pooled(size: int) -> int:
 @register_model(
     "alexnet",
     # Chosen on a validation split (benchmarks/tune_defaults.py): Adam beat SGD by 1-3 points
-    # at this budget, and label smoothing 0.1 added half a point.
-    train=TrainConfig(epochs=10, batch_size=64, lr=0.003, optimizer="adam", weight_decay=0.0,
+    # at this budget, label smoothing 0.1 added half a point, 14 epochs beat 10 and 12.
+    train=TrainConfig(epochs=14, batch_size=64, lr=0.003, optimizer="adam", weight_decay=0.0,
                       augment="shift", label_smoothing=0.1),
 )
 def alexnet(
