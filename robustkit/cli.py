@@ -173,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the tables")
     p.set_defaults(func=cmd_minimal)
 
+    p = sub.add_parser("validity", help="Carlini et al. 2019's checks that an evaluation is sound")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--eps", type=_nonneg_float, default=0.3)
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--n", type=_positive_int, default=1000)
+    p.add_argument("--transfer-from", help="a second checkpoint to craft transferred examples on")
+    p.add_argument("--dataset")
+    p.add_argument("--root")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", help="JSON file for the checks")
+    p.set_defaults(func=cmd_validity)
+
     p = sub.add_parser("info", help="print a checkpoint's metadata")
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
@@ -323,6 +338,29 @@ def cmd_minimal(args: argparse.Namespace) -> int:
     print(f"({seconds:.1f}s)")
     _write_json(args.out, {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
                            "steps": args.steps, "seconds": seconds, "tables": tables})
+    return 0
+
+
+def cmd_validity(args: argparse.Namespace) -> int:
+    from robustkit import models
+    from robustkit.evaluate import validity_checks
+
+    model, dataset, x, y = _load_for_attack(args)
+    source = None
+    if args.transfer_from:
+        source = models.load(args.transfer_from, device=next(model.parameters()).device)
+    start = time.perf_counter()
+    report = validity_checks(model, x, y, eps=args.eps, norm=args.norm, steps=args.steps,
+                             transfer_from=source, seed=args.seed, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    print(f"validity checks, {args.norm} eps {args.eps}, PGD-{args.steps}, {len(y)} {dataset} "
+          f"test images, clean accuracy {report['clean_accuracy'] * 100:.2f}% ({seconds:.1f}s)")
+    for c in report["checks"]:
+        verdict = {True: "pass", False: "FAIL", None: "skip"}[c["passed"]]
+        print(f"  {verdict:4s}  {c['name']:28s} {c['detail']}")
+    print("all checks passed" if report["passed"] else "some checks FAILED: suspect the evaluation")
+    _write_json(args.out, {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
+                           "seconds": seconds, **report})
     return 0
 
 

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "adam")
-AUGMENTS = ("none", "shift")
+AUGMENTS = ("none", "shift", "affine")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class TrainConfig:
         optimizer: ``sgd`` (Nesterov momentum 0.9) or ``adam``.
         weight_decay: L2 penalty (>= 0).
         label_smoothing: for cross-entropy, in [0, 1).
-        augment: ``shift`` (random translations of up to 2 pixels) or ``none``.
+        augment: ``shift`` (random translations of up to 2 pixels), ``affine`` (rotations
+            up to 10 degrees, zoom up to 10% and shifts up to 2 pixels) or ``none``.
     """
 
     epochs: int = 10

