@@ -16,7 +16,7 @@ Tensor = torch.Tensor
 
 def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: ThreatModel,
             eps: Tensor, alpha: Tensor, steps: int, targeted: bool, early_stop: bool = False,
-            loss: str = "ce", counter: list[int] | None = None) -> tuple[Tensor, Tensor | None]:
+            loss: str = "ce", spent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Projected gradient steps from ``x_start``; the loop that BIM, PGD and curves share.
 
     Args:
@@ -25,17 +25,16 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
         eps, alpha: per-example radius and step size, (N, 1, 1, 1).
         early_stop: freeze each example at the first iterate that fools the model and
             attack only the rest; then the success mask (N,) is returned too.
-        counter: if given, ``counter[0]`` is increased by the number of per-example
-            forward+backward passes spent (for cost accounting).
+        spent: if given, an (N,) integer tensor increased by the forward+backward passes
+            each example took (for cost accounting).
 
     Returns:
         ``(x_adv, success)``; ``success`` is None unless ``early_stop``.
     """
     x_adv = x_start
-    if counter is None:
-        counter = [0]
     if not early_stop:
-        counter[0] += steps * len(x)
+        if spent is not None:
+            spent += steps
         for _ in range(steps):
             grad, _ = input_grad(model, x_adv, y, targeted, loss)
             x_adv = threat.project(threat.step(x_adv, grad, alpha), x, eps)
@@ -47,7 +46,8 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
     xa, xc, ya, ea, aa = x_adv, x, y, eps, alpha
     for _ in range(steps):
         grad, logits = input_grad(model, xa, ya, targeted, loss)
-        counter[0] += len(xa)
+        if spent is not None:
+            spent[active] += 1
         hit = fooled(logits, ya, targeted)  # judged at the current iterate, before stepping
         if hit.any():
             success[active[hit]] = True
