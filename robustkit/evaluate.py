@@ -172,6 +172,11 @@ def _bisection_curve(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor,
     attacked = torch.zeros(g, dtype=torch.long)
     spent_at = torch.zeros(g, dtype=torch.long)
     rounds = max(1, math.ceil(math.log2(g + 1)))
+    # One unit-ball noise per example, drawn as a single run of the attack would draw it
+    # for the whole batch: every probe of example i at eps e then starts where that run
+    # at e starts, so the curve differs from the per-eps loop only where early stopping
+    # or an example's non-monotone fate across eps does.
+    unit = tm.unit_noise(x.shape, x, gen) if random_start else None  # (N, C, H, W)
     bar = tqdm(total=rounds, disable=not progress, unit="round", desc="curve", leave=False)
     try:
         with borrowed(model, "robustness_curve"):
@@ -186,7 +191,7 @@ def _bisection_curve(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor,
                     xb, yb = x[b].to(dev), y[b].to(dev)
                     e = grid[mb].to(dev).view(-1, 1, 1, 1)  # (B, 1, 1, 1): own eps each
                     a = e * 2.5 / steps if alpha is None else torch.full_like(e, alpha)
-                    start = tm.random_start(xb, e, gen) if random_start else xb
+                    start = tm.start_from(xb, unit[b].to(dev), e) if random_start else xb
                     spent = torch.zeros(len(b), dtype=torch.long, device=dev)
                     _, hit = iterate(model, xb, yb, start, threat=tm, eps=e, alpha=a,
                                      steps=steps, targeted=targeted, early_stop=True,

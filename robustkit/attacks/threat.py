@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,7 +44,9 @@ class ThreatModel:
     Attributes:
         name: ``linf`` or ``l2``.
         p: the norm's order.
-        random_start: ``(x, eps, generator) -> x0``, a random point of the ball.
+        unit_noise: ``(shape, like, generator) -> u``, uniform in the unit ball; the random
+            start is ``x + eps * u`` projected (:meth:`random_start`). Drawing ``u`` once
+            and scaling it gives the same start at every eps (robustness curves do that).
         step: ``(x_adv, grad, alpha) -> x_adv'``, steepest ascent of size alpha in this norm.
         project: ``(x_adv, x, eps) -> x_adv'``, the closest point of ball and box (for
             Linf exactly; for L2 the ball's projection followed by the box clip, which never
@@ -52,9 +55,17 @@ class ThreatModel:
 
     name: str
     p: float
-    random_start: Callable[[Tensor, Tensor, torch.Generator | None], Tensor]
+    unit_noise: Callable[[torch.Size, Tensor, torch.Generator | None], Tensor]
     step: Callable[[Tensor, Tensor, Tensor], Tensor]
     project: Callable[[Tensor, Tensor, Tensor], Tensor]
+
+    def random_start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A uniformly random point of the eps-ball around ``x`` (N, C, H, W), inside [0, 1]."""
+        return self.start_from(x, self.unit_noise(x.shape, x, generator), eps)
+
+    def start_from(self, x: Tensor, unit: Tensor, eps: Tensor) -> Tensor:
+        """The start ``x + eps * unit`` for unit-ball noise ``unit``, projected into ball and box."""
+        return self.project(x + eps * unit, x, eps)
 
     def norm(self, delta: Tensor) -> Tensor:
         """Per-example size of ``delta`` (N, ...) in this norm, shape (N,)."""
@@ -72,9 +83,8 @@ def _randn(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -
 
 # ----------------------------------------------------------------------------- Linf
 
-def _linf_start(x: Tensor, eps: Tensor, gen: torch.Generator | None) -> Tensor:
-    noise = _rand(x.shape, x, gen).mul_(2).sub_(1)  # U(-1, 1), (N, C, H, W)
-    return (x + noise * eps).clamp_(0, 1)
+def _linf_unit(shape: torch.Size, like: Tensor, gen: torch.Generator | None) -> Tensor:
+    return _rand(shape, like, gen).mul_(2).sub_(1)  # U(-1, 1): uniform in the unit Linf ball
 
 
 def _linf_step(x_adv: Tensor, grad: Tensor, alpha: Tensor) -> Tensor:
@@ -87,13 +97,13 @@ def _linf_project(x_adv: Tensor, x: Tensor, eps: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- L2
 
-def _l2_start(x: Tensor, eps: Tensor, gen: torch.Generator | None) -> Tensor:
-    # Uniform in the ball: a Gaussian direction, radius eps * U^(1/d).
-    direction = _randn(x.shape, x, gen)
-    direction = direction / _view(flat_norm(direction, 2).clamp_min(1e-12), x)
-    d = x[0].numel()
-    radius = _rand(torch.Size([x.shape[0]]), x, gen).pow(1.0 / d)
-    return _l2_project(x + direction * _view(radius, x) * eps, x, eps)
+def _l2_unit(shape: torch.Size, like: Tensor, gen: torch.Generator | None) -> Tensor:
+    # Uniform in the unit L2 ball: a Gaussian direction, radius U^(1/d).
+    direction = _randn(shape, like, gen)
+    direction = direction / _view(flat_norm(direction, 2).clamp_min(1e-12), direction)
+    d = math.prod(shape[1:])
+    radius = _rand(torch.Size([shape[0]]), like, gen).pow(1.0 / d)
+    return direction * _view(radius, direction)
 
 
 def _l2_step(x_adv: Tensor, grad: Tensor, alpha: Tensor) -> Tensor:
@@ -109,5 +119,5 @@ def _l2_project(x_adv: Tensor, x: Tensor, eps: Tensor) -> Tensor:
 
 
 THREATS: Registry[ThreatModel] = Registry("norm")
-THREATS.register("linf")(ThreatModel("linf", float("inf"), _linf_start, _linf_step, _linf_project))
-THREATS.register("l2")(ThreatModel("l2", 2.0, _l2_start, _l2_step, _l2_project))
+THREATS.register("linf")(ThreatModel("linf", float("inf"), _linf_unit, _linf_step, _linf_project))
+THREATS.register("l2")(ThreatModel("l2", 2.0, _l2_unit, _l2_step, _l2_project))
