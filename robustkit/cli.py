@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -17,34 +18,25 @@ from robustkit.errors import RobustkitError
 LOSS_ALIASES = {"ce": "cross_entropy", "cross_entropy": "cross_entropy", "mse": "mse"}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+def _number(kind: type, ok, rule: str):
+    """An argparse type: parse ``kind`` and require ``ok(value)``, else say ``rule``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {value}")
-    return value
+_positive_int = _number(int, lambda v: v > 0, "must be positive")
+_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "must be positive")
+_nonneg_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "must be finite and >= 0")
 
 
 def _eps_list(text: str) -> list[float]:
@@ -69,7 +61,9 @@ def _attack_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_for_attack(args: argparse.Namespace):
-    """The checkpoint's model on the chosen device and the first n test images."""
+    """The checkpoint's model on the chosen device and n test images, class-balanced."""
+    import torch
+
     from robustkit import data, models
     from robustkit.device import pick_device
 
@@ -79,7 +73,10 @@ def _load_for_attack(args: argparse.Namespace):
     x, y = data.load_tensors(dataset, "test", root=args.root)
     if args.n > len(y):
         raise RobustkitError(f"--n {args.n} is larger than {dataset}'s test split ({len(y)})")
-    return model, dataset, x[: args.n], y[: args.n]
+    if args.n < len(y):  # a fixed, class-balanced subset (the split itself is ordered by class)
+        keep = torch.from_numpy(data.stratified_indices(y.numpy(), args.n, seed=0))
+        x, y = x[keep], y[keep]
+    return model, dataset, x, y
 
 
 def _attack_kwargs(args: argparse.Namespace, eps: float | None) -> dict:

@@ -8,6 +8,9 @@ remainder) and the rest in ``train`` (4,000 images). The parsed arrays are cache
 ``.npz`` in ``$ROBUSTKIT_CACHE`` (default ``$XDG_CACHE_HOME/robustkit`` or
 ``~/.cache/robustkit``), so a repeated load skips the CSV.
 
+Within each split the images keep the CSV's order, which is sorted by class: take a
+class-balanced subset with :func:`stratified_indices`, not ``x[:n]``.
+
 ``mnist``, ``fashion-mnist`` and ``cifar10`` are read by torchvision from ``root``
 (default ``$ROBUSTKIT_DATA`` or ``<cache>/datasets``); ``download=True`` fetches them.
 
