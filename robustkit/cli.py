@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", help="default: the checkpoint's dataset")
     p.add_argument("--n", type=_positive_int, default=100, help="test images (default 100)")
-    p.add_argument("--steps", type=_positive_int, default=100, help="gradient steps per search")
+    p.add_argument("--steps", type=_positive_int, default=200,
+                   help="gradient steps per search (default 200)")
     p.add_argument("--norms", default="l2,linf", help="l2, linf or both (default l2,linf)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--root")

@@ -322,7 +322,7 @@ def _noise_at_radius(x: Tensor, eps: float, norm: str, gen: torch.Generator | No
 
 
 def minimal_table(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "l2",
-                  steps: int = 100, batch_size: int = 1000, progress: bool = True
+                  steps: int = 200, batch_size: int = 1000, progress: bool = True
                   ) -> dict[str, Any]:
     """Median smallest perturbation turning images of each class into each other class.
 
