@@ -1,0 +1,194 @@
+"""Transfer attacks: craft adversarial examples on source models, score them on targets.
+
+The course notes' claim: a perturbation found on one network often fools another, even
+one the attacker never saw, trained on other data. :func:`transfer_matrix` measures that
+for any set of models, attacking each source once and scoring every target on the result.
+
+Example:
+    >>> m = transfer_matrix({"mlp": mlp, "cnn": cnn}, {"mlp": mlp, "cnn": cnn}, x, y,
+    ...                     attack="pgd", eps=0.2, steps=20)          # doctest: +SKIP
+    >>> m["mlp"]["cnn"]        # accuracy of cnn on examples crafted on mlp   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustkit.attacks import BOUNDED, Attack
+from robustkit.attacks.base import check_eps, check_inputs
+from robustkit.errors import RobustkitError
+from robustkit.evaluate import adversarial_examples
+from robustkit.train import predict
+
+Tensor = torch.Tensor
+
+
+class Ensemble(nn.Module):
+    """A surrogate that averages its members' logits (optionally weighted).
+
+    Liu, Chen, Liu and Song 2017, "Delving into Transferable Adversarial Examples and
+    Black-box Attacks", arXiv 1611.02770: attacking an ensemble transfers better than
+    attacking any one member.
+
+    Args:
+        models: the members, each mapping (N, C, H, W) in [0, 1] to (N, K) logits.
+        weights: one non-negative weight per member (default equal); normalized to sum 1.
+
+    Example:
+        >>> ens = Ensemble([mlp, cnn], weights=[1, 2])     # doctest: +SKIP
+        >>> ens(x).shape                                   # doctest: +SKIP
+        torch.Size([16, 10])
+    """
+
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None
+                 ) -> None:
+        super().__init__()
+        if len(models) == 0:
+            raise RobustkitError("Ensemble needs at least one model")
+        w = torch.ones(len(models)) if weights is None else torch.as_tensor(
+            [float(v) for v in weights])
+        if len(w) != len(models) or (w < 0).any() or w.sum() <= 0:
+            raise RobustkitError(
+                f"Ensemble weights must be {len(models)} non-negative numbers with a positive sum")
+        self.members = nn.ModuleList(models)
+        self.register_buffer("weights", w / w.sum())
+        # Take the members' mode without changing theirs (nn.Module starts in train mode).
+        self.training = any(m.training for m in models)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, K)
+        return sum(w * m(x) for w, m in zip(self.weights, self.members))
+
+
+class TransferResult(dict):
+    """The matrix ``result[source][target]`` = accuracy of target on source's examples.
+
+    Attributes:
+        eps: the radius.
+        success: ``success[source][target]``, the transfer success rate among the examples
+            that both source and target classify correctly (the usual definition in papers;
+            NaN where there are none).
+        fooled: ``fooled[source][target]``, a bool tensor (N,): the examples crafted on
+            source that target misclassifies.
+        correct: ``correct[name]``, a bool tensor (N,): the clean examples each model
+            classifies correctly.
+    """
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.success: dict[str, dict[str, float]] = {}
+        self.fooled: dict[str, dict[str, Tensor]] = {}
+        self.correct: dict[str, Tensor] = {}
+
+
+def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
+                    x: Tensor, y: Tensor, *, attack: str | Attack = "pgd",
+                    eps: float | Sequence[float], batch_size: int = 500,
+                    progress: bool = True, **attack_kwargs: Any
+                    ) -> TransferResult | dict[float, TransferResult]:
+    """Accuracy of every target on adversarial examples crafted on every source.
+
+    Each source is attacked once per eps (white-box, on itself) and its examples are
+    scored on every target; the diagonal (a model that is both source and target) is the
+    white-box accuracy. When a transferred attack leaves a model less accurate than the
+    white-box attack on that model, a warning says so: that is a sign of gradient masking
+    or of a broken attack (Carlini et al. 2019).
+
+    Args:
+        sources, targets: non-empty name -> model mappings; all models must accept ``x``
+            and return the same number of logits.
+        x: images (N, C, H, W) in [0, 1]; y: true labels (N,).
+        attack: a registered attack name or a callable ``(model, x, y, **kw) -> x_adv``.
+        eps: one radius, or a list (then one result per eps).
+        batch_size: images per attack call.
+        attack_kwargs: the attack's options (``steps``, ``alpha``, ``seed`` ...).
+
+    Returns:
+        A :class:`TransferResult` (a ``dict[str, dict[str, float]]`` with per-example
+        records), or ``{eps: TransferResult}`` when ``eps`` is a list.
+    """
+    check_inputs(x, y, what="transfer_matrix")
+    if not sources or not targets:
+        raise RobustkitError("transfer_matrix needs at least one source and one target")
+    models = {**{f"source {k}": m for k, m in sources.items()},
+              **{f"target {k}": m for k, m in targets.items()}}
+    _check_compatible(models, x)
+    eps_list = [check_eps(e, "transfer_matrix") for e in
+                (eps if isinstance(eps, (list, tuple)) else [eps])]
+    if not eps_list:
+        raise RobustkitError("transfer_matrix: eps must hold at least one value")
+    y_cpu = y.cpu()
+    correct = {name: predict(m, x).argmax(1) == y_cpu
+               for name, m in {**sources, **targets}.items()}
+    results = {}
+    for e in eps_list:
+        result = TransferResult(e)
+        result.correct = correct
+        for s_name, source in sources.items():
+            if isinstance(attack, str):
+                kw = dict(attack_kwargs, **({"eps": e} if attack in BOUNDED else {}))
+                x_adv = adversarial_examples(source, x, y, attack, batch_size, progress, **kw)
+            else:  # the user's attack gets its options here; eps is also checked at the exit
+                run = _bind(attack, source, dict(attack_kwargs, eps=e))
+                x_adv = adversarial_examples(source, x, y, run, batch_size, progress, eps=e,
+                                             norm=attack_kwargs.get("norm", "linf"))
+            result[s_name], result.success[s_name], result.fooled[s_name] = {}, {}, {}
+            for t_name, target in targets.items():
+                adv_ok = predict(target, x_adv).argmax(1) == y_cpu
+                robust = correct[t_name] & adv_ok
+                both = correct[s_name] & correct[t_name]
+                result[s_name][t_name] = robust.float().mean().item()
+                result.fooled[s_name][t_name] = ~adv_ok
+                result.success[s_name][t_name] = (
+                    (~adv_ok)[both].float().mean().item() if both.any() else float("nan"))
+        _warn_if_transfer_beats_white_box(result)
+        results[e] = result
+    return results if isinstance(eps, (list, tuple)) else results[eps_list[0]]
+
+
+def _bind(attack: Any, model: nn.Module, options: dict[str, Any]) -> Attack:
+    def run(x: Tensor, y: Tensor) -> Tensor:
+        return attack(model, x, y, **options)
+
+    run.__name__ = getattr(attack, "__name__", "attack")
+    return run
+
+
+def _check_compatible(models: Mapping[str, nn.Module], x: Tensor) -> None:
+    """Every model takes x's shape and returns the same number of classes."""
+    classes = {}
+    for name, model in models.items():
+        spec = getattr(model, "robustkit_spec", None)
+        if spec is not None and tuple(spec["in_shape"]) != tuple(x.shape[1:]):
+            raise RobustkitError(f"{name} takes inputs of shape {tuple(spec['in_shape'])}, "
+                                 f"but x has {tuple(x.shape[1:])}")
+        try:
+            out = predict(model, x[:1])
+        except RuntimeError as err:
+            raise RobustkitError(f"{name} cannot run on inputs of shape {tuple(x.shape[1:])}: "
+                                 f"{str(err).splitlines()[0]}") from None
+        if out.ndim != 2:
+            raise RobustkitError(f"{name} must return logits (N, K), got {tuple(out.shape)}")
+        classes[name] = out.shape[1]
+    if len(set(classes.values())) > 1:
+        raise RobustkitError(f"models disagree on the number of classes: {classes}")
+
+
+def _warn_if_transfer_beats_white_box(result: TransferResult) -> None:
+    for t_name in {t for row in result.values() for t in row}:
+        if t_name not in result:  # the target is not also a source: no white-box figure
+            continue
+        white = result[t_name][t_name]
+        for s_name, row in result.items():
+            if s_name != t_name and row[t_name] < white - 0.01:
+                warnings.warn(
+                    f"examples crafted on {s_name!r} leave {t_name!r} at {row[t_name]:.3f} "
+                    f"accuracy, below the white-box attack on {t_name!r} itself ({white:.3f}) "
+                    f"at eps {result.eps}: suspect gradient masking or a broken attack",
+                    stacklevel=3,
+                )
