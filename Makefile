@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python experiments/demo.py
+	$(BIN)/robustkit run experiments/quickstart.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -43,8 +43,9 @@ def _eps_list(text: str) -> list[float]:
     return [_nonneg_float(t) for t in text.split(",") if t.strip()]
 
 
-def _attack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+def _attack_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    if checkpoint:
+        p.add_argument("--checkpoint", required=True)
     p.add_argument("--attack", default="pgd",
                    help="registered name (fgsm, bim, pgd, mifgsm, deepfool, cw_l2) or module:function")
     p.add_argument("--steps", type=_positive_int, help="iterations (attack's default if omitted)")
@@ -62,13 +63,20 @@ def _attack_args(p: argparse.ArgumentParser) -> None:
 
 def _load_for_attack(args: argparse.Namespace):
     """The checkpoint's model on the chosen device and n test images, class-balanced."""
-    import torch
-
-    from robustkit import data, models
+    from robustkit import models
     from robustkit.device import pick_device
 
-    device = pick_device(args.device)
-    model = models.load(args.checkpoint, device=device)
+    model = models.load(args.checkpoint, device=pick_device(args.device))
+    dataset, x, y = _test_images(args, model)
+    return model, dataset, x, y
+
+
+def _test_images(args: argparse.Namespace, model):
+    """``args.n`` test images of ``args.dataset`` (default: the model's), class-balanced."""
+    import torch
+
+    from robustkit import data
+
     dataset = args.dataset or model.robustkit_metadata.get("dataset") or "mnist-5k"
     x, y = data.load_tensors(dataset, "test", root=args.root)
     if args.n > len(y):
@@ -76,7 +84,7 @@ def _load_for_attack(args: argparse.Namespace):
     if args.n < len(y):  # a fixed, class-balanced subset (the split itself is ordered by class)
         keep = torch.from_numpy(data.stratified_indices(y.numpy(), args.n, seed=0))
         x, y = x[keep], y[keep]
-    return model, dataset, x, y
+    return dataset, x, y
 
 
 def _attack_kwargs(args: argparse.Namespace, eps: float | None) -> dict:
@@ -185,6 +193,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", help="JSON file for the checks")
     p.set_defaults(func=cmd_validity)
+
+    p = sub.add_parser("transfer", help="accuracy of every target on every source's adversarial "
+                                        "examples (the transfer matrix) and its heatmap")
+    p.add_argument("--sources", nargs="+", required=True, metavar="CKPT",
+                   help="checkpoints to craft adversarial examples on")
+    p.add_argument("--targets", nargs="+", required=True, metavar="CKPT",
+                   help="checkpoints to score them on (a source listed here gives white-box cells)")
+    _attack_args(p, checkpoint=False)
+    p.add_argument("--eps", type=_eps_list, default=[0.1, 0.2],
+                   help="comma-separated radii (default 0.1,0.2)")
+    p.add_argument("--out", help="JSON file for the matrices; the heatmap goes beside it (.png)")
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("run", help="run (or resume) an experiment config and write its report")
+    p.add_argument("config", help="TOML config, e.g. experiments/quickstart.toml")
+    p.add_argument("--out", help="run folder (default reports/<name>)")
+    p.add_argument("--fresh", action="store_true", help="discard an earlier run's state first")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="render a run folder's report again, without recomputing")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="two or more runs side by side")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True, help="folder for the comparison")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("info", help="print a checkpoint's metadata")
     p.add_argument("path")
@@ -359,6 +395,101 @@ def cmd_validity(args: argparse.Namespace) -> int:
     print("all checks passed" if report["passed"] else "some checks FAILED: suspect the evaluation")
     _write_json(args.out, {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
                            "seconds": seconds, **report})
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustkit import models
+    from robustkit.device import pick_device
+    from robustkit.transfer import transfer_matrix
+
+    device = pick_device(args.device)
+    names = _checkpoint_names([*args.sources, *args.targets])
+    loaded = {names[p]: models.load(p, device=device) for p in dict.fromkeys(names)}
+    sources = {names[p]: loaded[names[p]] for p in args.sources}
+    targets = {names[p]: loaded[names[p]] for p in args.targets}
+    if not args.eps:
+        raise RobustkitError("--eps needs at least one radius")
+    dataset, x, y = _test_images(args, next(iter(sources.values())))
+    kw = _attack_kwargs(args, None)
+    start = time.perf_counter()
+    results = transfer_matrix(sources, targets, x, y, attack=args.attack, eps=list(args.eps),
+                              batch_size=args.batch_size, progress=not args.quiet, **kw)
+    seconds = time.perf_counter() - start
+    print(f"{args.attack} {json.dumps(kw)} on {len(y)} {dataset} test images ({seconds:.1f}s)")
+    width = max(8, *(len(t) for t in targets))
+    for eps, m in results.items():
+        print(f"\neps {eps:g}: accuracy (%) of target (column) on source (row)'s examples; "
+              f"* = white-box")
+        print(" " * width + "".join(f" {t:>{width}s}" for t in targets))
+        for s_name, row in m.items():
+            cells = "".join(f" {100 * v:>{width - 1}.1f}{'*' if s_name == t else ' '}"
+                            for t, v in row.items())
+            print(f"{s_name:>{width}s}{cells}")
+    payload = {
+        "dataset": dataset, "n": len(y), "attack": args.attack, "options": kw,
+        "seconds": seconds, "checkpoints": {name: str(p) for p, name in names.items()},
+        "clean_accuracy": {k: v.float().mean().item()
+                           for k, v in next(iter(results.values())).correct.items()},
+        "matrices": [{
+            "eps": eps, "accuracy": dict(m), "success_among_both_correct": m.success,
+            # Per-example records: which test images (by position) each pair fooled.
+            "fooled_indices": {s: {t: f.nonzero().flatten().tolist() for t, f in row.items()}
+                               for s, row in m.fooled.items()},
+        } for eps, m in results.items()],
+    }
+    if args.out:
+        _write_json(args.out, payload)
+        from robustkit.report.figures import transfer_heatmaps
+
+        png = Path(args.out).with_suffix(".png")
+        transfer_heatmaps({eps: dict(m) for eps, m in results.items()}, png,
+                          title=f"{args.attack} transfer on {dataset}: target accuracy")
+        print(f"wrote {png}")
+    return 0
+
+
+def _checkpoint_names(paths: Sequence[str]) -> dict[str, str]:
+    """A short, unique display name per distinct checkpoint: its stem, or as many trailing
+    folders as it takes to tell checkpoints with the same stem apart (``a/mlp``, ``b/mlp``)."""
+    from pathlib import Path
+
+    distinct = list(dict.fromkeys(Path(p).resolve() for p in paths))
+    names = {}
+    for path in distinct:
+        for depth in range(1, len(path.parts) + 1):
+            name = "/".join([*path.parts[-depth:-1], path.stem])
+            clash = [o for o in distinct if o != path
+                     and "/".join([*o.parts[-depth:-1], o.stem]) == name]
+            if not clash:
+                break
+        names[path] = name
+    return {p: names[Path(p).resolve()] for p in paths}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from robustkit.experiment import run
+
+    start = time.perf_counter()
+    root = run(args.config, args.out, progress=not args.quiet, fresh=args.fresh)
+    print(f"finished in {time.perf_counter() - start:.1f}s")
+    print(f"report: {(root / 'index.html').resolve()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustkit.report import render
+
+    print(f"report: {render(args.run_dir).resolve()}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from robustkit.report.compare import compare
+
+    print(f"report: {compare(args.run_dirs, args.out).resolve()}")
     return 0
 
 

@@ -138,3 +138,21 @@ def bn_cnn():
         for _ in range(3):
             model(torch.rand(8, 1, 28, 28, generator=g))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Chromium executable; skips with what to install when it or Playwright is missing."""
+    from robustkit.report.browser import find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("browser check skipped: no Chromium found (tried $ROBUSTKIT_CHROMIUM, "
+                    "chromium, chromium-browser, google-chrome); install it with "
+                    "`apt-get install -y --no-install-recommends chromium` (.ci/run does)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("browser check skipped: the playwright package is not installed; "
+                    "`pip install -e '.[test]'` installs it (no `playwright install` needed)")
+    return executable

@@ -1,0 +1,65 @@
+"""Two or more runs side by side: ``robustkit compare reports/A reports/B --out DIR``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from robustkit.errors import RobustkitError
+from robustkit.experiment.store import write_atomic
+from robustkit.report import figures
+from robustkit.report.render import _HTML, _MD, slug
+from robustkit.report.results import by, fmt, load, mean_std, of_kind
+
+
+def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write ``index.html`` and ``README.md`` comparing the runs' models and robustness.
+
+    Models are named ``run: model``; an attack's curves are drawn together when the runs
+    used the same attack name. Nothing is recomputed.
+
+    Args:
+        run_dirs: two or more run folders (each with ``results.json``).
+        out: the folder to write.
+
+    Returns:
+        The path of the HTML page.
+
+    Example:
+        >>> compare(["reports/quickstart", "reports/robust_vs_standard"], "reports/cmp")  # doctest: +SKIP
+    """
+    if len(run_dirs) < 2:
+        raise RobustkitError("compare needs at least two run folders")
+    runs = {}
+    for d in run_dirs:
+        loaded = load(d)
+        name = loaded["results"].get("experiment") or Path(d).name
+        if name in runs:
+            name = str(d)
+        runs[name] = loaded["results"]["records"]
+    out = Path(out)
+    rows, curves = [], {}
+    for run, records in runs.items():
+        for (model,), recs in by(of_kind(records, "model"), "model").items():
+            rows.append({"run": run, "model": model, "arch": recs[0]["arch"],
+                         "parameters": recs[0]["parameters"],
+                         "accuracy": fmt(*mean_std(r["clean_accuracy"] for r in recs))})
+        for (attack, model), recs in by(of_kind(records, "attack"), "attack", "model").items():
+            eps = sorted({r["eps"] for r in recs})
+            curves.setdefault(attack, {})[f"{run}: {model}"] = [
+                (e, *mean_std(r["robust_accuracy"] for r in recs if r["eps"] == e)) for e in eps]
+    robustness: list[dict[str, Any]] = []
+    for attack, series in curves.items():
+        name = slug("compare", attack)
+        figures.line_chart(series, out / "figures" / name, xlabel="eps",
+                           ylabel="robust accuracy", title=f"{attack}: all runs")
+        eps = sorted({p[0] for pts in series.values() for p in pts})
+        robustness.append({"attack": attack, "figure": f"figures/{name}", "eps": eps, "rows": [
+            {"model": label, "cells": [next((fmt(m, s) for e2, m, s in pts if e2 == e), "")
+                                       for e in eps]} for label, pts in series.items()]})
+    context = {"runs": list(runs), "rows": rows, "robustness": robustness}
+    write_atomic(out / "index.html",
+                 _HTML.get_template("compare.html.j2").render(**context).encode())
+    write_atomic(out / "README.md", _MD.get_template("compare.md.j2").render(**context).encode())
+    return out / "index.html"

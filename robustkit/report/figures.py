@@ -1,0 +1,222 @@
+"""Matplotlib figures drawn from stored results (never from models).
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, not pyplot, so drawing
+leaves no global state behind and works without a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+Matrix = Mapping[str, Mapping[str, float]]
+
+
+def transfer_heatmaps(matrices: Mapping[float, Matrix], path: str | os.PathLike | None = None,
+                      *, title: str = "accuracy of target on source's adversarial examples"
+                      ) -> Figure:
+    """One heatmap per eps: rows are sources, columns targets, cells target accuracy in %.
+
+    The white-box cells (a model that is both source and target) are outlined: a transfer
+    cell darker than its column's outlined cell is the suspicious case that
+    :func:`robustkit.transfer.transfer_matrix` warns about.
+
+    Args:
+        matrices: ``{eps: {source: {target: accuracy in [0, 1]}}}``.
+        path: where to save the PNG (folders are made); nothing is saved when None.
+        title: the figure's title.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> transfer_heatmaps({0.1: {"a": {"a": 0.2, "b": 0.9}}}, "transfer.png")  # doctest: +SKIP
+    """
+    items = sorted(matrices.items())
+    if not items:
+        raise ValueError("transfer_heatmaps needs at least one matrix")
+    sources = list(items[0][1])
+    targets = list(items[0][1][sources[0]])
+    width = max(4.0, 0.9 * len(targets) + 2.0)  # inches per panel, room for the labels
+    fig = Figure(figsize=(width * len(items) + 1.0, max(3.0, 0.75 * len(sources) + 2.0)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(items), squeeze=False)[0]
+    for ax, (eps, matrix) in zip(axes, items):
+        grid = [[100 * matrix[s][t] for t in targets] for s in sources]
+        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100)
+        for i, s in enumerate(sources):
+            for j, t in enumerate(targets):
+                value = grid[i][j]
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=9,
+                        color="black" if value > 60 else "white")
+                if s == t:
+                    ax.add_patch(_outline(j, i))
+        ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right")
+        ax.set_yticks(range(len(sources)), sources)
+        ax.set_xlabel("target")
+        ax.set_ylabel("source")
+        ax.set_title(f"eps = {eps:g}")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="target accuracy (%)")
+    fig.suptitle(title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _outline(col: int, row: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+
+
+def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def line_chart(series: Mapping[str, Sequence[tuple[float, float, float]]], path=None, *,
+               xlabel: str, ylabel: str, title: str = "", percent: bool = True) -> Figure:
+    """Lines with a shaded band: ``{label: [(x, mean, std), ...]}``.
+
+    Used for robustness curves (accuracy against eps), training curves and deletion curves.
+    """
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.subplots()
+    scale = 100 if percent else 1
+    for label, points in series.items():
+        pts = sorted(points)
+        xs = [p[0] for p in pts]
+        mean = [scale * p[1] for p in pts]
+        std = [scale * p[2] for p in pts]
+        line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
+        if any(s > 0 for s in std):
+            ax.fill_between(xs, [m - s for m, s in zip(mean, std)],
+                            [m + s for m, s in zip(mean, std)], alpha=0.2,
+                            color=line.get_color())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    if percent:
+        ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _show(ax, image, **kw) -> None:
+    """Draw an image (C, H, W) in [0, 1], grayscale or RGB, without ticks."""
+    import numpy as np
+
+    img = np.asarray(image)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1, **kw)
+    else:
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1), **kw)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def perturbation_grid(x, x_adv, labels: Sequence[str], adv_labels: Sequence[str], path=None,
+                      *, title: str = "", max_rows: int = 8, across: bool = False) -> Figure:
+    """Clean image, amplified perturbation and adversarial image for each example.
+
+    Args:
+        x, x_adv: arrays (N, C, H, W) in [0, 1].
+        labels, adv_labels: one caption per example for the clean and adversarial image.
+        across: one example per column (three rows) instead of one per row.
+    """
+    import numpy as np
+
+    n = min(len(x), max_rows)
+    if across:
+        fig = Figure(figsize=(1.5 * n + 0.4, 5.4), layout="constrained")
+        axes = fig.subplots(3, n, squeeze=False).T  # axes[i] = the three panels of example i
+    else:
+        fig = Figure(figsize=(5.4, 1.75 * n + 0.6), layout="constrained")
+        axes = fig.subplots(n, 3, squeeze=False)
+    for i in range(n):
+        delta = np.asarray(x_adv[i]) - np.asarray(x[i])
+        scale = float(np.abs(delta).max()) or 1.0
+        _show(axes[i][0], x[i])
+        axes[i][0].set_title(labels[i], fontsize=7)
+        # The perturbation stretched to the full grey range: 0.5 = unchanged pixel.
+        _show(axes[i][1], 0.5 + 0.5 * delta / scale)
+        axes[i][1].set_title(f"perturbation x{0.5 / scale:.1f}", fontsize=7)
+        _show(axes[i][2], x_adv[i])
+        axes[i][2].set_title(adv_labels[i], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def class_matrix(matrix: Sequence[Sequence[float | None]], path=None, *, title: str = "",
+                 label: str = "", highlight: int | None = None) -> Figure:
+    """A class-by-class heatmap (rows: true class, columns: target), blanks for None."""
+    import numpy as np
+
+    grid = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    k = len(grid)
+    fig = Figure(figsize=(0.55 * k + 2.2, 0.5 * k + 1.4), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="magma_r")
+    for i in range(k):
+        for j in range(k):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if grid[i, j] > np.nanmean(grid) else "black")
+    if highlight is not None:
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((highlight - 0.5, -0.5), 1, k, fill=False, edgecolor="cyan",
+                               linewidth=2))
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("target class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label=label, shrink=0.8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def attribution_grid(x, x_adv, maps: Mapping[str, tuple], path=None, *, title: str = "",
+                     max_rows: int = 4) -> Figure:
+    """Per image: clean and adversarial image, then each method's map on both.
+
+    Args:
+        x, x_adv: arrays (N, C, H, W) in [0, 1].
+        maps: ``{method: (clean maps, adversarial maps)}``, arrays shaped like ``x``;
+            the channel-summed absolute value is shown, scaled per image and method.
+    """
+    import numpy as np
+
+    n = min(len(x), max_rows)
+    cols = 2 + 2 * len(maps)
+    fig = Figure(figsize=(1.35 * cols + 0.4, 1.45 * n + 0.8), layout="constrained")
+    axes = fig.subplots(n, cols, squeeze=False)
+    for i in range(n):
+        _show(axes[i, 0], x[i])
+        _show(axes[i, 1], x_adv[i])
+        for j, (method, (clean, adv)) in enumerate(maps.items()):
+            pair = [np.abs(np.asarray(m[i])).sum(0) for m in (clean, adv)]  # (H, W) each
+            top = max(float(p.max()) for p in pair) or 1.0
+            for k, heat in enumerate(pair):
+                ax = axes[i, 2 + 2 * j + k]
+                ax.imshow(heat, cmap="inferno", vmin=0, vmax=top)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(f"{method}\n{'clean' if k == 0 else 'attacked'}", fontsize=7)
+        if i == 0:
+            axes[0, 0].set_title("clean", fontsize=7)
+            axes[0, 1].set_title("attacked", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,376 @@
+"""Render a run folder's results as ``index.html`` and ``README.md`` with PNG figures.
+
+``render(run_dir)`` reads ``results.json`` and the arrays the run stored; it never builds
+or calls a model, so rendering again (``robustkit report reports/NAME``) costs seconds.
+HTML comes from Jinja2 templates with autoescaping on, so a model named
+``<script>alert(1)</script>`` is shown as text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from robustkit.experiment.store import Store, write_atomic
+from robustkit.report import figures
+from robustkit.report.results import by, flatten, fmt, load, mean_std, of_kind
+
+_HTML = jinja2.Environment(loader=jinja2.PackageLoader("robustkit.report", "templates"),
+                           autoescape=True, undefined=jinja2.StrictUndefined,
+                           trim_blocks=True, lstrip_blocks=True)
+# Markdown: every value is HTML-escaped too (Markdown viewers render raw HTML).
+_MD = jinja2.Environment(loader=jinja2.PackageLoader("robustkit.report", "templates"),
+                         autoescape=False, undefined=jinja2.StrictUndefined,
+                         trim_blocks=True, lstrip_blocks=True,
+                         finalize=lambda v: html.escape(v, quote=False) if isinstance(v, str)
+                         else v)
+
+
+def slug(*parts: Any) -> str:
+    """A safe, unique file name for a figure named by user strings."""
+    text = "-".join(str(p) for p in parts)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:60]
+    return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:6]}.png"
+
+
+def md_cell(value: Any) -> str:
+    """A Markdown table cell: pipes and newlines would break the table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+_MD.filters["cell"] = md_cell
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write ``index.html``, ``README.md`` and ``figures/`` for a run; returns the HTML path.
+
+    Example:
+        >>> render("reports/quickstart")            # doctest: +SKIP
+        PosixPath('reports/quickstart/index.html')
+    """
+    root = Path(run_dir)
+    loaded = load(root)
+    context = Report(root, loaded).context()
+    html = _HTML.get_template("index.html.j2").render(**context)
+    write_atomic(root / "index.html", html.encode())
+    md = _MD.get_template("README.md.j2").render(**context)
+    write_atomic(root / "README.md", md.encode())
+    return root / "index.html"
+
+
+class Report:
+    """Builds the template context (tables and figure paths) from stored results."""
+
+    def __init__(self, root: Path, loaded: dict[str, Any]) -> None:
+        self.root = root
+        self.results = loaded["results"]
+        self.records = self.results["records"]
+        self.manifest = loaded["manifest"]
+        self.config_text = loaded["config"]
+        self.store = Store(root)
+        self.fig_dir = root / "figures"
+
+    def figure(self, name: str, draw) -> str:
+        """Draw a figure into ``figures/name`` (closing it) and return its relative path."""
+        path = self.fig_dir / name
+        draw(path)
+        return f"figures/{name}"
+
+    def context(self) -> dict[str, Any]:
+        return {
+            "title": self.results.get("experiment", self.root.name),
+            "dataset": self.results.get("dataset", ""),
+            "seeds": self.results.get("seeds", []),
+            "manifest": self.manifest, "config_text": self.config_text,
+            "description": _description(self.config_text),
+            "models": self.models(), "robustness": self.robustness(),
+            "imperceptibility": self.imperceptibility(), "transfer": self.transfer(),
+            "explanations": self.explanations(), "validity": self.validity(),
+            "references": self.references(),
+        }
+
+    # -- sections ------------------------------------------------------------------
+    def models(self) -> dict[str, Any]:
+        rows, train_series, loss_series = [], {}, {}
+        for (name,), recs in by(of_kind(self.records, "model"), "model").items():
+            acc = mean_std(r["clean_accuracy"] for r in recs)
+            secs = mean_std(r.get("train_seconds") for r in recs)
+            first = recs[0]
+            rows.append({"model": name, "arch": first["arch"], "parameters": first["parameters"],
+                         "train_size": first.get("train_size"), "accuracy": fmt(*acc),
+                         "seconds": fmt(*secs, percent=False),
+                         "architecture": first.get("architecture", ""),
+                         "training": first.get("training") or {}})
+            histories = [r["history"] for r in recs if r.get("history")]
+            if histories:
+                epochs = {}
+                for h in histories:
+                    for e in h:
+                        epochs.setdefault(e["epoch"], []).append(e)
+                train_series[name] = [(ep, *mean_std(e["train_accuracy"] for e in es))
+                                      for ep, es in epochs.items()]
+                loss_series[name] = [(ep, *mean_std(e["loss"] for e in es))
+                                     for ep, es in epochs.items()]
+        figs = []
+        if train_series:
+            figs.append(self.figure("training-accuracy.png", lambda p: figures.line_chart(
+                train_series, p, xlabel="epoch", ylabel="training accuracy",
+                title="training accuracy per epoch")))
+            figs.append(self.figure("training-loss.png", lambda p: figures.line_chart(
+                loss_series, p, xlabel="epoch", ylabel="training loss", percent=False,
+                title="training loss per epoch")))
+        return {"rows": rows, "figures": figs}
+
+    def robustness(self) -> list[dict[str, Any]]:
+        out = []
+        attacks = of_kind(self.records, "attack")
+        clean = {name: mean_std(r["clean_accuracy"] for r in recs) for (name,), recs in
+                 by(of_kind(self.records, "model"), "model").items()}
+        for (label,), recs in by(attacks, "attack").items():
+            series, rows = {}, []
+            eps_values = sorted({r["eps"] for r in recs})
+            for (name,), mrecs in by(recs, "model").items():
+                points = [(e, *mean_std(r["robust_accuracy"] for r in mrecs if r["eps"] == e))
+                          for e in eps_values]
+                if 0.0 not in eps_values and name in clean:
+                    points.insert(0, (0.0, *clean[name]))
+                series[name] = points
+                rows.append({"model": name, "cells": [
+                    fmt(*mean_std(r["robust_accuracy"] for r in mrecs if r["eps"] == e))
+                    for e in eps_values],
+                    "perceptibility": [{
+                        "eps": e, **{k: fmt(*mean_std(r.get(k) for r in mrecs if r["eps"] == e),
+                                            percent=False, digits=3)
+                                     for k in ("median_l2", "median_linf", "median_psnr",
+                                               "median_ssim")},
+                        "error_rate": fmt(*mean_std(r["error_rate"] for r in mrecs
+                                                    if r["eps"] == e)),
+                        "confidence": fmt(*mean_std(r["mean_confidence"] for r in mrecs
+                                                    if r["eps"] == e)),
+                    } for e in eps_values]})
+            options = recs[0].get("options", {})
+            fig = self.figure(slug("robustness", label), lambda p: figures.line_chart(
+                series, p, xlabel="eps", ylabel="robust accuracy",
+                title=f"{label} {_options_text(options)}"))
+            out.append({"attack": label, "method": recs[0]["method"], "options": options,
+                         "eps": eps_values, "rows": rows, "figure": fig})
+        return out
+
+    def imperceptibility(self) -> dict[str, Any]:
+        grids = []
+        for r in of_kind(self.records, "examples"):
+            if r["seed"] != self.results["seeds"][0]:
+                continue
+            a = self.store.arrays(r["key"])
+            labels = [f"label {y}: {p} ({100 * c:.0f}%)" for y, p, c in
+                      zip(a["y"], a["clean_pred"], a["clean_conf"])]
+            adv = [f"predicted {p} ({100 * c:.0f}%)" for p, c in zip(a["adv_pred"], a["adv_conf"])]
+            fig = self.figure(slug("examples", r["model"]), lambda p: figures.perturbation_grid(
+                a["x"], a["x_adv"], labels, adv, p,
+                title=f"{r['model']}: {r['attack']} eps {r['eps']:g}"))
+            grids.append({"model": r["model"], "attack": r["attack"], "eps": r["eps"],
+                          "figure": fig, "l2": fmt(r["median_l2"], percent=False, digits=3),
+                          "psnr": fmt(r["median_psnr"], percent=False),
+                          "ssim": fmt(r["median_ssim"], percent=False, digits=3),
+                          "success": fmt(r["success_rate"])})
+        minimal = []
+        for r in of_kind(self.records, "minimal"):
+            if r["seed"] != self.results["seeds"][0]:
+                continue
+            fig = self.figure(slug("minimal", r["model"], r["norm"]),
+                              lambda p: figures.class_matrix(
+                                  r["median"], p, label=f"median {r['norm']} norm",
+                                  highlight=r.get("target"),
+                                  title=f"{r['model']}: smallest {r['norm']} change, "
+                                        "class to target"))
+            entry = {"model": r["model"], "norm": r["norm"], "figure": fig,
+                     "success": fmt(r["success_rate"]), "pairs": r["pairs"], "target": r["target"],
+                     "column": None, "target_figure": None}
+            if r.get("target") is not None:
+                t = r["target"]
+                entry["column"] = [{"source": i, "median": fmt(row[t], percent=False, digits=3)}
+                                   for i, row in enumerate(r["median"]) if i != t]
+                a = self.store.arrays(r["key"])
+                if a:
+                    labels = [f"a {y}" for y in a["y"]]
+                    adv = [f"{p} ({100 * c:.0f}%)\n{r['norm']} {n:.2f}"
+                           for p, c, n in zip(a["adv_pred"], a["adv_conf"], a["norm"])]
+                    entry["target_figure"] = self.figure(
+                        slug("into", r["model"], r["norm"], t),
+                        lambda p: figures.perturbation_grid(
+                            a["x"], a["x_adv"], labels, adv, p, max_rows=10, across=True,
+                            title=f"{r['model']}: every digit into a {t} ({r['norm']})"))
+            minimal.append(entry)
+        return {"grids": grids, "minimal": minimal}
+
+    def transfer(self) -> dict[str, Any] | None:
+        recs = of_kind(self.records, "transfer")
+        if not recs:
+            return None
+        eps_values = sorted({row["eps"] for r in recs for row in r["rows"]})
+        sources = list(dict.fromkeys(r["source"] for r in recs))
+        targets = list(recs[0]["rows"][0]["accuracy"])
+        matrices, tables, warnings = {}, [], []
+        for e in eps_values:
+            acc = {s: {t: mean_std(row["accuracy"][t] for r in recs if r["source"] == s
+                                   for row in r["rows"] if row["eps"] == e)[0]
+                       for t in targets} for s in sources}
+            success = {s: {t: mean_std(row["success"][t] for r in recs if r["source"] == s
+                                       for row in r["rows"] if row["eps"] == e)[0]
+                           for t in targets} for s in sources}
+            matrices[e] = acc
+            tables.append({"eps": e, "rows": [{"source": s, "cells": [
+                {"accuracy": fmt(acc[s][t]), "success": fmt(success[s][t]),
+                 "white_box": s == t} for t in targets]} for s in sources]})
+            for t in targets:
+                if t in acc:
+                    for s in sources:
+                        if s != t and acc[s][t] < acc[t][t] - 0.01:
+                            warnings.append(f"eps {e:g}: examples crafted on {s} leave {t} at "
+                                            f"{fmt(acc[s][t])}%, below the white-box attack on "
+                                            f"{t} itself ({fmt(acc[t][t])}%): suspect gradient "
+                                            "masking or a broken attack")
+        fig = self.figure("transfer.png", lambda p: figures.transfer_heatmaps(
+            matrices, p, title=f"{recs[0]['attack']} transfer: target accuracy (%)"))
+        sizes = self._surrogate_sizes(recs)
+        return {"attack": recs[0]["attack"], "options": recs[0].get("options", {}),
+                "targets": targets, "tables": tables, "figure": fig, "warnings": warnings,
+                "sizes": sizes}
+
+    def _surrogate_sizes(self, recs: list[dict]) -> dict[str, Any] | None:
+        """Transfer success against the surrogate's training-set size, per target."""
+        size_of = {r["model"]: r.get("train_size") for r in of_kind(self.records, "model")}
+        arch_of = {r["model"]: r["arch"] for r in of_kind(self.records, "model")}
+        sizes_per_arch: dict[str, set] = {}
+        for r in recs:
+            sizes_per_arch.setdefault(arch_of[r["source"]], set()).add(size_of[r["source"]])
+        if all(len(s) < 2 for s in sizes_per_arch.values()):
+            return None  # no architecture was trained on several sizes
+        series: dict[str, list] = {}
+        eps = max(row["eps"] for r in recs for row in r["rows"])
+        for target in recs[0]["rows"][0]["success"]:
+            for arch in sorted({arch_of[r["source"]] for r in recs}):
+                points = {}
+                for r in recs:
+                    if arch_of[r["source"]] != arch or r["source"] == target:
+                        continue
+                    for row in r["rows"]:
+                        if row["eps"] == eps:
+                            points.setdefault(size_of[r["source"]], []).append(
+                                row["success"][target])
+                if points:
+                    series[f"{arch} -> {target}"] = [(s, *mean_std(v)) for s, v in points.items()]
+        fig = self.figure("transfer-size.png", lambda p: figures.line_chart(
+            series, p, xlabel="surrogate training examples",
+            ylabel="transfer success", title=f"transfer success at eps {eps:g} by surrogate data"))
+        return {"eps": eps, "figure": fig, "series": {
+            k: [{"size": s, "success": fmt(m, sd)} for s, m, sd in sorted(v)]
+            for k, v in series.items()}}
+
+    def explanations(self) -> dict[str, Any] | None:
+        recs = of_kind(self.records, "explain")
+        sanity = of_kind(self.records, "sanity")
+        if not recs and not sanity:
+            return None
+        first_seed = self.results["seeds"][0]
+        grids, shift_rows, faith_rows, skipped = [], [], [], []
+        for (name,), mrecs in by(recs, "model").items():
+            maps = {}
+            arrays = None
+            for r in mrecs:
+                if r.get("skipped"):
+                    if r["seed"] == first_seed:
+                        skipped.append({"model": name, "method": r["method"],
+                                        "reason": r["skipped"]})
+                    continue
+                if r["seed"] == first_seed:
+                    arrays = self.store.arrays(r["key"])
+                    maps[r["method"]] = (arrays["clean"], arrays["adv"])
+            if maps:
+                grids.append({"model": name, "figure": self.figure(
+                    slug("attributions", name), lambda p: figures.attribution_grid(
+                        arrays["x"], arrays["x_adv"], maps, p,
+                        title=f"{name}: |attribution| on clean and attacked images"))})
+            for (method,), rs in by([r for r in mrecs if not r.get("skipped")],
+                                    "method").items():
+                shift = [flatten(r["shift"]) for r in rs]
+                keys = list(shift[0])
+                shift_rows.append({"model": name, "method": method, "values": {
+                    k: fmt(*mean_std(s.get(k) for s in shift), percent=False, digits=3)
+                    for k in keys}})
+                faith = [flatten(r["faithfulness"]) for r in rs if r.get("faithfulness")]
+                if faith:
+                    faith_rows.append({"model": name, "method": method, "values": {
+                        k: fmt(*mean_std(f.get(k) for f in faith), percent=False, digits=3)
+                        for k in faith[0] if _is_number(faith[0][k])}})
+        sanity_out = []
+        for r in sanity:
+            if r["seed"] != first_seed:
+                continue
+            series = {m: [(i, row["spearman_abs"], 0.0) for i, row in enumerate(rows)]
+                      for m, rows in r["table"].items()}
+            fig = self.figure(slug("sanity", r["model"]), lambda p: figures.line_chart(
+                series, p, xlabel="layers randomized (from the output down)",
+                ylabel="Spearman of |attribution| vs original", percent=False,
+                title=f"{r['model']}: cascading randomization"))
+            sanity_out.append({"model": r["model"], "figure": fig, "table": r["table"]})
+        return {"grids": grids, "shift": shift_rows, "shift_keys": _keys(shift_rows),
+                "faithfulness": faith_rows, "faith_keys": _keys(faith_rows),
+                "sanity": sanity_out, "skipped": skipped}
+
+    def validity(self) -> list[dict[str, Any]]:
+        out = []
+        for r in of_kind(self.records, "validity"):
+            out.append({"model": r["model"], "seed": r["seed"], "eps": r["eps"],
+                        "passed": r["passed"], "checks": [
+                            {"name": c["name"], "passed": c["passed"], "detail": c["detail"]}
+                            for c in r["checks"]]})
+        return out
+
+    def references(self) -> list[dict[str, Any]]:
+        from robustkit.config import from_dict, tomllib
+        from robustkit.experiment.config import Reference
+
+        if not self.config_text:
+            return []
+        raw = tomllib.loads(self.config_text).get("references", [])
+        out = []
+        for i, item in enumerate(raw):
+            ref = from_dict(Reference, item, f"references[{i}]")
+            ours = [r.get(ref.metric) for r in of_kind(self.records, "attack")
+                    if r["model"] == ref.model and r["attack"] == ref.attack
+                    and (ref.eps is None or math.isclose(r["eps"], ref.eps))]
+            m, s = mean_std(ours)
+            out.append({"claim": ref.claim, "source": ref.source, "published": fmt(ref.value),
+                        "ours": fmt(m, s), "difference": fmt(m - ref.value)
+                        if not math.isnan(m) else "n/a"})
+        return out
+
+
+def _keys(rows: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r["values"]))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
+
+
+def _description(config_text: str) -> str:
+    from robustkit.config import tomllib
+
+    try:
+        return tomllib.loads(config_text).get("description", "") if config_text else ""
+    except tomllib.TOMLDecodeError:
+        return ""

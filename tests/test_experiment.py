@@ -1,0 +1,174 @@
+"""Experiment configs, the unit store and the resumable runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robustkit.errors import RobustkitError
+from robustkit.experiment import Store, load_experiment, run
+from robustkit.experiment.store import key
+
+TINY = """
+name = "tiny"
+seeds = [0, 1]
+n_test = 60
+
+[[models]]
+name = "logistic"
+train = { epochs = 1 }
+
+[[models]]
+name = "small"
+arch = "mlp"
+options = { hidden = [16] }
+train = { epochs = 1, augment = "none" }
+train_size = 500
+
+[[attacks]]
+attack = "fgsm"
+eps = [0.1, 0.25]
+
+[[attacks]]
+attack = "pgd"
+eps = [0.1, 0.2]
+options = { steps = 3 }
+
+[transfer]
+sources = ["logistic", "small"]
+targets = ["logistic", "small"]
+eps = [0.1]
+options = { steps = 3 }
+
+[examples]
+n = 3
+
+[validity]
+steps = 3
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (("n_test = 60", "n_test = 60\nbogus = 1"), "experiment.bogus: unknown key"),
+    (('eps = [0.1, 0.25]', 'eps = [0.1, "x"]'), "experiment.attacks[0].eps[1]: expected a number"),
+    (('sources = ["logistic", "small"]', 'sources = ["logistic", "nope"]'),
+     "experiment.transfer.sources[1]: unknown model 'nope'"),
+    (("train = { epochs = 1 }", "train = { epoch = 1 }"), "experiment.models[0].train.epoch"),
+    (('name = "logistic"', 'name = "small"'), "names must be unique"),
+    (('arch = "mlp"', 'arch = "resnet"'), "experiment.models[1].arch"),
+    (("seeds = [0, 1]", "seeds = [0, 0]"), "experiment.seeds"),
+])
+def test_config_errors_name_the_field(tmp_path, edit, fragment):
+    path = write(tmp_path, TINY.replace(*edit, 1))
+    with pytest.raises(RobustkitError) as err:
+        load_experiment(path)
+    assert fragment in str(err.value) and str(path) in str(err.value)
+
+
+def test_store_writes_atomically_and_encodes_names(tmp_path):
+    import numpy as np
+
+    store = Store(tmp_path)
+    k = key("train", "<script>a/b</script>", "s0")
+    assert "/" not in k.split("/")[1]  # a slash inside a name cannot make a folder
+    assert not store.has(k)
+    store.put(k, {"value": float("nan")}, {"x": np.arange(3)})
+    assert store.has(k) and store.get(k)["value"] is None  # NaN is stored as null (valid JSON)
+    assert store.arrays(k)["x"].tolist() == [0, 1, 2]
+    assert list(store.keys()) == [k]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def _comparable(path: Path) -> list[dict]:
+    """The records without what legitimately differs between runs (timings, paths)."""
+    drop = {"seconds", "train_seconds", "checkpoint"}
+    records = json.loads(path.read_text())["records"]
+    for r in records:
+        for k in drop:
+            r.pop(k, None)
+        for epoch in r.get("history") or []:
+            epoch.pop("seconds", None)
+    return records
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The tiny config run once, start to end, in this process (no report)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    cfg = write(root, TINY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBUSTKIT_CACHE", str(tmp_path_factory.getbasetemp() / "robustkit-cache0"))
+        run(cfg, root / "run", progress=False, render=False)
+    return root / "run"
+
+
+def test_a_run_writes_results_manifest_and_config(uninterrupted):
+    results = json.loads((uninterrupted / "results.json").read_text())
+    kinds = [r["kind"] for r in results["records"]]
+    # 2 models x 2 seeds; (2 + 2 eps) x 2 models x 2 seeds; 2 x 2 examples; 2 sources x 2
+    # seeds; 2 x 2 validity.
+    assert kinds.count("model") == 4 and kinds.count("attack") == 16
+    assert kinds.count("examples") == 4 and kinds.count("transfer") == 4
+    assert kinds.count("validity") == 4
+    for r in results["records"]:
+        if r["kind"] == "attack":
+            assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    assert manifest["seeds"] == [0, 1] and manifest["versions"]["torch"]
+    assert (uninterrupted / "config.toml").read_text() == TINY
+
+
+def test_a_rerun_skips_finished_units(uninterrupted, monkeypatch):
+    from robustkit.experiment import units
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished unit was computed again")
+
+    for name in ("train", "attack", "examples", "transfer", "validity"):
+        monkeypatch.setattr(units, name, fail)
+    before = _comparable(uninterrupted / "results.json")
+    run(uninterrupted / "config.toml", uninterrupted, progress=False, render=False)
+    assert _comparable(uninterrupted / "results.json") == before
+
+
+def test_another_config_in_the_same_folder_is_refused(uninterrupted, tmp_path):
+    other = write(tmp_path, TINY.replace("n_test = 60", "n_test = 50"))
+    with pytest.raises(RobustkitError, match="another version of this config"):
+        run(other, uninterrupted, progress=False, render=False)
+
+
+def test_sigkill_at_any_moment_then_resume_gives_the_same_results(uninterrupted, tmp_path,
+                                                                 subprocess_env):
+    """Kill the run with SIGKILL at several moments, restart it each time, and compare."""
+    cfg = write(tmp_path, TINY)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "robustkit", "run", str(cfg), "--out", str(out), "--quiet"]
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
+    kills = 0
+    for delay in (2.5, 3.5, 4.5, 5.5, 6.5):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    assert kills >= 2, "the run finished before it could be killed twice: make it longer"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "report:" in done.stdout
+    assert _comparable(out / "results.json") == _comparable(uninterrupted / "results.json")
+    assert not list(out.rglob(".*.tmp"))  # no half-written file survives

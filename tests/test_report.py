@@ -1,0 +1,132 @@
+"""Reports: rendered from stored results only, escaped, complete, and checked in a browser."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustkit.experiment import run
+from robustkit.report import render
+from robustkit.report.compare import compare
+
+EVIL = "<script>alert(1)</script>"
+
+CONFIG = f"""
+name = "report-test"
+description = "Made by the tests, <b>not</b> bold."
+n_test = 50
+
+[[models]]
+name = "logistic"
+train = {{ epochs = 1 }}
+
+[[models]]
+name = "{EVIL}"
+arch = "mlp"
+options = {{ hidden = [16] }}
+train = {{ epochs = 1 }}
+train_size = 500
+
+[[attacks]]
+attack = "fgsm"
+eps = [0.1, 0.25]
+
+[transfer]
+sources = ["logistic", "{EVIL}"]
+targets = ["logistic", "{EVIL}"]
+eps = [0.1]
+options = {{ steps = 2 }}
+
+[examples]
+n = 2
+
+[minimal]
+n = 10
+steps = 10
+target = 3
+
+[validity]
+steps = 2
+
+[[references]]
+claim = "softmax regression error rate under FGSM at eps 0.25"
+value = 0.999
+source = "Goodfellow et al. 2015"
+model = "logistic"
+attack = "fgsm"
+eps = 0.25
+metric = "error_rate"
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    (root / "exp.toml").write_text(CONFIG)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBUSTKIT_CACHE", str(tmp_path_factory.getbasetemp() / "robustkit-cache0"))
+        return run(root / "exp.toml", root / "run", progress=False)
+
+
+def test_render_calls_no_model(run_dir, monkeypatch):
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError(f"the report ran {type(self).__name__}")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", forbidden)
+    (run_dir / "index.html").unlink()
+    assert render(run_dir) == run_dir / "index.html"
+    assert (run_dir / "index.html").stat().st_size > 0
+
+
+def test_user_strings_are_escaped(run_dir):
+    page = (run_dir / "index.html").read_text()
+    assert "<script" not in page  # the page has no script of its own, nor the model's name
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>not</b>" not in page and "&lt;b&gt;not&lt;/b&gt;" in page
+    markdown = (run_dir / "README.md").read_text()
+    assert EVIL not in markdown and "&lt;script&gt;" in markdown
+
+
+def test_every_section_has_real_figures(run_dir):
+    page = (run_dir / "index.html").read_text()
+    for section in ("models", "robustness", "imperceptibility", "transfer", "validity",
+                    "references"):
+        assert f'id="{section}"' in page, section
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) >= 8
+    for src in sources:
+        png = (run_dir / src).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000, src
+    # The published figure sits beside ours.
+    assert "99.9" in page and "Goodfellow et al. 2015" in page
+
+
+def test_compare_puts_runs_side_by_side(run_dir, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(
+        (run_dir / "results.json").read_text().replace('"report-test"', '"second"', 1))
+    page = compare([run_dir, other], tmp_path / "cmp").read_text()
+    assert "report-test: logistic" in page and "second: logistic" in page
+    assert (tmp_path / "cmp" / "README.md").exists()
+
+
+def test_report_opens_in_a_browser_without_errors(run_dir, chromium):
+    from robustkit.report.browser import check_page
+
+    shot = run_dir / "screenshot.png"
+    check = check_page(run_dir / "index.html", screenshot=shot)
+    assert check.console_errors == []
+    assert check.images and all(i["natural_width"] > 0 for i in check.images)
+    assert check.broken_images == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_folder_without_results(tmp_path):
+    from robustkit.errors import RobustkitError
+
+    with pytest.raises(RobustkitError, match="no results.json"):
+        render(Path(tmp_path))
