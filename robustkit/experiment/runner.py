@@ -21,6 +21,7 @@ import time
 from urllib.parse import quote, unquote
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,50 +167,40 @@ class Planner:
 
     # -- the plan --------------------------------------------------------------------
     def plan(self) -> list[Unit]:
-        cfg, out = self.cfg, []
-        for seed in cfg.seeds:
-            for m in cfg.models:
-                out.append(Unit(key("train", m.name, f"s{seed}"),
-                                lambda m=m, s=seed: units.train(self, m, s)))
+        """Every unit of the run, in the order they run: models first, then the rest."""
+        cfg = self.cfg
+        out = [Unit(key("train", m.name, f"s{seed}"), partial(units.train, self, m, seed))
+               for seed in cfg.seeds for m in cfg.models]
+
+        def per_model(kind: str, listed: list[str], compute, extras=((),)) -> None:
+            """One unit per listed model x seed x extra arguments (a norm, a method)."""
+            for name in cfg.model_names(listed):
+                for seed in cfg.seeds:
+                    for extra in extras:
+                        out.append(Unit(key(kind, name, f"s{seed}", *extra),
+                                        partial(compute, self, name, seed, *extra)))
+
         for a in cfg.attacks:
             for name in cfg.model_names(a.models):
                 for seed in cfg.seeds:
-                    for eps in a.eps:
-                        out.append(Unit(key("attack", a.label, name, f"s{seed}", f"eps{eps:g}"),
-                                        lambda a=a, n=name, s=seed, e=eps:
-                                        units.attack(self, a, n, s, e)))
+                    out.extend(Unit(key("attack", a.label, name, f"s{seed}", f"eps{e:g}"),
+                                    partial(units.attack, self, a, name, seed, e)) for e in a.eps)
         if cfg.examples:
-            for name in cfg.model_names(cfg.examples.models):
-                for seed in cfg.seeds:
-                    out.append(Unit(key("examples", name, f"s{seed}"),
-                                    lambda n=name, s=seed: units.examples(self, n, s)))
+            per_model("examples", cfg.examples.models, units.examples)
         if cfg.minimal:
-            for name in cfg.model_names(cfg.minimal.models):
-                for seed in cfg.seeds:
-                    for norm in cfg.minimal.norms:
-                        out.append(Unit(key("minimal", name, f"s{seed}", norm),
-                                        lambda n=name, s=seed, k=norm:
-                                        units.minimal(self, n, s, k)))
+            per_model("minimal", cfg.minimal.models, units.minimal,
+                      [(n,) for n in cfg.minimal.norms])
         if cfg.transfer:
-            for seed in cfg.seeds:
-                for source in cfg.transfer.sources:
-                    out.append(Unit(key("transfer", source, f"s{seed}"),
-                                    lambda n=source, s=seed: units.transfer(self, n, s)))
+            out.extend(Unit(key("transfer", source, f"s{seed}"),
+                            partial(units.transfer, self, source, seed))
+                       for seed in cfg.seeds for source in cfg.transfer.sources)
         if cfg.explain:
-            for name in cfg.model_names(cfg.explain.models):
-                for seed in cfg.seeds:
-                    for method in cfg.explain.methods:
-                        out.append(Unit(key("explain", name, f"s{seed}", method),
-                                        lambda n=name, s=seed, k=method:
-                                        units.explanation(self, n, s, k)))
-                    if cfg.explain.sanity:
-                        out.append(Unit(key("sanity", name, f"s{seed}"),
-                                        lambda n=name, s=seed: units.sanity(self, n, s)))
+            per_model("explain", cfg.explain.models, units.explanation,
+                      [(m,) for m in cfg.explain.methods])
+            if cfg.explain.sanity:
+                per_model("sanity", cfg.explain.models, units.sanity)
         if cfg.validity:
-            for name in cfg.model_names(cfg.validity.models):
-                for seed in cfg.seeds:
-                    out.append(Unit(key("validity", name, f"s{seed}"),
-                                    lambda n=name, s=seed: units.validity(self, n, s)))
+            per_model("validity", cfg.validity.models, units.validity)
         return out
 
 
