@@ -1,14 +1,15 @@
 """robustkit: adversarial robustness and interpretability for PyTorch.
 
 The public API is flat: ``robustkit.data``, ``robustkit.models``, ``robustkit.fit``,
-``robustkit.attacks``, ``robustkit.metrics``, ``robustkit.evaluate``, ``robustkit.transfer``.
+``robustkit.attacks``, ``robustkit.metrics``, ``robustkit.evaluate``, ``robustkit.transfer``,
+``robustkit.explain``.
 """
 
 __version__ = "0.1.0"
 
-from robustkit import attacks, data, evaluate, metrics, models, transfer  # noqa: E402
+from robustkit import attacks, data, evaluate, explain, metrics, models, transfer  # noqa: E402
 from robustkit.errors import RobustkitError  # noqa: E402
 from robustkit.train import fit  # noqa: E402
 
-__all__ = ["RobustkitError", "__version__", "attacks", "data", "evaluate", "fit", "metrics",
-           "models", "transfer"]
+__all__ = ["RobustkitError", "__version__", "attacks", "data", "evaluate", "explain", "fit",
+           "metrics", "models", "transfer"]

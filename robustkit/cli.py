@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file for the matrices; the heatmap goes beside it (.png)")
     p.set_defaults(func=cmd_transfer)
 
+    from robustkit.explain.cli import add_parsers as add_explain_parsers
+
+    add_explain_parsers(sub)  # explain, sanity
+
     p = sub.add_parser("run", help="run (or resume) an experiment config and write its report")
     p.add_argument("config", help="TOML config, e.g. experiments/quickstart.toml")
     p.add_argument("--out", help="run folder (default reports/<name>)")
@@ -215,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render a run folder's report again, without recomputing")
     p.add_argument("run_dir")
+    p.add_argument("--check", action="store_true",
+                   help="open it in headless Chromium: every image loads, no console error; "
+                        "saves screenshot.png in the run folder")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="two or more runs side by side")
@@ -480,9 +487,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from robustkit.report import render
+    from pathlib import Path
 
-    print(f"report: {render(args.run_dir).resolve()}")
+    from robustkit.report import check_page, render
+
+    page = render(args.run_dir)
+    print(f"report: {page.resolve()}")
+    if args.check:
+        check = check_page(page, screenshot=Path(args.run_dir) / "screenshot.png")
+        print(f"browser check: {len(check.images)} images, "
+              + ("all loaded, no console errors" if check.ok else "PROBLEMS:"))
+        for problem in check.problems:
+            print(f"  {problem}")
+        return 0 if check.ok else 1
     return 0
 
 

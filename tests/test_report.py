@@ -48,6 +48,11 @@ n = 10
 steps = 10
 target = 3
 
+[explain]
+methods = ["saliency", "gradcam"]
+n = 4
+options = {{ steps = 2 }}
+
 [validity]
 steps = 2
 
@@ -92,14 +97,17 @@ def test_user_strings_are_escaped(run_dir):
 
 def test_every_section_has_real_figures(run_dir):
     page = (run_dir / "index.html").read_text()
-    for section in ("models", "robustness", "imperceptibility", "transfer", "validity",
-                    "references"):
+    for section in ("models", "robustness", "imperceptibility", "transfer", "explanations",
+                    "validity", "references"):
         assert f'id="{section}"' in page, section
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) >= 8
     for src in sources:
         png = (run_dir / src).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000, src
+    # Grad-CAM needs a convolution: on these models it is skipped, and the report says why.
+    assert "gradcam: skipped" in page and "Explanation shift under attack" in page
+    assert "Faithfulness" in page and "sanity check" in page
     # The published figure sits beside ours.
     assert "99.9" in page and "Goodfellow et al. 2015" in page
 
@@ -130,3 +138,12 @@ def test_report_of_a_folder_without_results(tmp_path):
 
     with pytest.raises(RobustkitError, match="no results.json"):
         render(Path(tmp_path))
+
+
+def test_cli_report_renders_again_and_checks_in_a_browser(run_dir, chromium, capsys):
+    from tests.test_cli import run_main
+
+    code, out, err = run_main(["report", str(run_dir), "--check"], capsys)
+    assert code == 0, out + err
+    assert "all loaded, no console errors" in out
+    assert (run_dir / "screenshot.png").read_bytes()[:4] == b"\x89PNG"

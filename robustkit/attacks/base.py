@@ -102,18 +102,20 @@ def model_device(model: nn.Module, x: Tensor) -> torch.device:
 
 
 @contextmanager
-def borrowed(model: nn.Module, what: str = "attack") -> Iterator[nn.Module]:
+def borrowed(model: nn.Module, what: str = "attack", stacklevel: int = 4) -> Iterator[nn.Module]:
     """Use ``model`` in eval mode and give each submodule its own mode back afterwards.
 
     Warns when the model arrives in train mode (dropout and BatchNorm would otherwise make
     the attack random and move the running statistics). Restores modes even on error.
+    ``stacklevel`` points the warning at the user's call (4: the function that enters
+    this context manager directly).
     """
     modes = [(m, m.training) for m in model.modules()]
     if model.training:
         warnings.warn(
-            f"{what}: the model is in train mode; attacking it in eval mode and restoring "
+            f"{what}: the model is in train mode; running it in eval mode and restoring "
             f"train mode afterwards (call model.eval() to silence this)",
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
     model.eval()
     try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustkit.config import TrainConfig, from_dict, load_toml
+from robustkit.config import AdversarialConfig, TrainConfig, from_dict, load_toml
 from robustkit.errors import RobustkitError
 
 
@@ -47,6 +47,10 @@ class ModelEntry:
         train_size: train on a stratified, seeded subset of this many examples.
         options: the architecture's options (``hidden``, ``activation``, ...).
         train: overrides of the architecture's default :class:`TrainConfig`.
+        adversarial: adversarial training, as :class:`robustkit.config.AdversarialConfig`
+            fields (``{ method = "pgd", eps = 0.3 }``); empty (default): standard training.
+            With it, ``train`` overrides the architecture's adversarial defaults
+            (:func:`robustkit.adversarial.adversarial_training`).
     """
 
     name: str
@@ -55,6 +59,7 @@ class ModelEntry:
     train_size: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    adversarial: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", f"must be a non-empty name, got {self.name!r}")
@@ -266,6 +271,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         config = from_dict(ExperimentConfig, raw, "experiment")
         for i, m in enumerate(config.models):  # the training overrides are a TrainConfig
             train_config(m, where=f"experiment.models[{i}].train")
+            adversarial_config(m, where=f"experiment.models[{i}].adversarial")
     except RobustkitError as err:
         raise RobustkitError(f"{path}: {err}") from None
     return config
@@ -274,10 +280,19 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 def train_config(entry: ModelEntry, where: str = "train") -> TrainConfig:
     """The model's default training settings with the entry's overrides applied."""
     from robustkit import models
+    from robustkit.adversarial import adversarial_training
 
     try:
-        base = models.default_training(entry.architecture)
+        base = (adversarial_training(entry.architecture) if entry.adversarial
+                else models.default_training(entry.architecture))
     except RobustkitError as err:
         raise RobustkitError(f"{where.rsplit('.', 1)[0]}.arch: {err}") from None
     merged = {**dataclasses.asdict(base), **entry.train}
     return from_dict(TrainConfig, merged, where)
+
+
+def adversarial_config(entry: ModelEntry, where: str = "adversarial") -> AdversarialConfig | None:
+    """The entry's adversarial training settings, or None for standard training."""
+    if not entry.adversarial:
+        return None
+    return from_dict(AdversarialConfig, entry.adversarial, where)

@@ -23,11 +23,16 @@ if TYPE_CHECKING:
 Result = tuple[dict[str, Any], dict[str, np.ndarray] | None]
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a numpy array (for the stored arrays)."""
+    return t.detach().cpu().numpy()
+
+
 def _balanced(planner: Planner, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` class-balanced images from the run's test subset (the same for every model)."""
     x, y = planner.test_set()
     n = min(n, len(y))
-    keep = torch.from_numpy(np.sort(data.stratified_indices(y.numpy(), n, seed=0)))
+    keep = torch.from_numpy(np.sort(data.stratified_indices(_np(y), n, seed=0)))
     return x[keep], y[keep]
 
 
@@ -124,9 +129,9 @@ def examples(planner: Planner, name: str, seed: int) -> Result:
     torch.manual_seed(seed)
     x_adv = adversarial_examples(model, x, y, sec.attack, planner.cfg.batch_size, False, **kw)
     clean_p, adv_p = predict(model, x).softmax(1), predict(model, x_adv).softmax(1)
-    arrays = {"x": x.numpy(), "x_adv": x_adv.numpy(), "y": y.numpy(),
-              "clean_pred": clean_p.argmax(1).numpy(), "clean_conf": clean_p.max(1).values.numpy(),
-              "adv_pred": adv_p.argmax(1).numpy(), "adv_conf": adv_p.max(1).values.numpy()}
+    arrays = {"x": _np(x), "x_adv": _np(x_adv), "y": _np(y),
+              "clean_pred": _np(clean_p.argmax(1)), "clean_conf": _np(clean_p.max(1).values),
+              "adv_pred": _np(adv_p.argmax(1)), "adv_conf": _np(adv_p.max(1).values)}
     return {"kind": "examples", "model": name, "seed": seed, "attack": sec.attack, "eps": sec.eps,
             **_scores(model, x, x_adv, y)}, arrays
 
@@ -143,14 +148,14 @@ def minimal(planner: Planner, name: str, seed: int, norm: str) -> Result:
     table = minimal_table(model, x, y, norm=norm, steps=sec.steps, progress=False)
     arrays = None
     if sec.target is not None:  # "turn every digit into a 3": one image per class
-        keep = torch.from_numpy(np.unique(y.numpy(), return_index=True)[1])
+        keep = torch.from_numpy(np.unique(_np(y), return_index=True)[1])
         xs, ys = x[keep], y[keep]
         target = torch.full_like(ys, sec.target)
         x_adv, sizes = minimal_targeted(model, xs, target, norm=norm, steps=sec.steps)
         p = predict(model, x_adv).softmax(1)
-        arrays = {"x": xs.numpy(), "x_adv": x_adv.numpy(), "y": ys.numpy(),
-                  "norm": sizes.numpy(), "adv_pred": p.argmax(1).numpy(),
-                  "adv_conf": p.max(1).values.numpy()}
+        arrays = {"x": _np(xs), "x_adv": _np(x_adv), "y": _np(ys),
+                  "norm": _np(sizes), "adv_pred": _np(p.argmax(1)),
+                  "adv_conf": _np(p.max(1).values)}
     return {"kind": "minimal", "model": name, "seed": seed, "norm": norm, "n": len(y),
             "steps": sec.steps, "target": sec.target, **table}, arrays
 
@@ -183,47 +188,54 @@ def transfer(planner: Planner, source: str, seed: int) -> Result:
 def explanation(planner: Planner, name: str, seed: int, method: str) -> Result:
     """Attributions on clean and attacked images, their shift, and faithfulness."""
     from robustkit import explain
+    from robustkit.errors import RobustkitError
     from robustkit.evaluate import adversarial_examples
     from robustkit.experiment.runner import attack_options
 
     sec = planner.cfg.explain
     model = planner.model(name, seed)
     x, y = _balanced(planner, sec.n)
-    reason = explain.unsupported(model, method)
-    if reason:
-        return {"kind": "explain", "model": name, "seed": seed, "method": method,
-                "skipped": reason}, None
+    base = {"kind": "explain", "model": name, "seed": seed, "method": method}
+    try:
+        clean_map = explain.attribute(model, x, y, method=method)
+    except RobustkitError as err:  # e.g. Grad-CAM on a model without convolutions
+        return {**base, "skipped": str(err)}, None
     kw = attack_options(sec.attack, sec.options, seed, sec.eps)
     torch.manual_seed(seed)
     x_adv = adversarial_examples(model, x, y, sec.attack, planner.cfg.batch_size, False, **kw)
-    torch.manual_seed(seed)
-    clean_map = explain.attribute(model, x, y, method=method)
     adv_map = explain.attribute(model, x_adv, y, method=method)
-    shift = explain.explanation_shift(model, x, x_adv, y, method=method,
-                                      attributions=(clean_map, adv_map))
-    record = {"kind": "explain", "model": name, "seed": seed, "method": method,
-              "attack": sec.attack, "eps": sec.eps, "n": len(y), "shift": shift}
-    arrays = {"x": x.numpy(), "x_adv": x_adv.numpy(), "y": y.numpy(),
-              "clean": clean_map.numpy(), "adv": adv_map.numpy()}
+    shift = explain.explanation_shift(model, x, x_adv, y, method)
+    shift.pop("per_example", None)
+    record = {**base, "attack": sec.attack, "eps": sec.eps, "n": len(y), "shift": shift}
     if sec.faithfulness:
-        torch.manual_seed(seed)
         faith = explain.faithfulness(model, x, y, clean_map, seed=seed)
-        record["faithfulness"] = faith
+        record["faithfulness"] = {
+            mode: {"auc": faith[mode]["auc"], "random_auc": faith["random"][mode]["auc"]}
+            for mode in ("deletion", "insertion") if mode in faith}
+    arrays = {"x": _np(x), "x_adv": _np(x_adv), "y": _np(y),
+              "clean": _np(clean_map), "adv": _np(adv_map)}
     return record, arrays
 
 
 def sanity(planner: Planner, name: str, seed: int) -> Result:
     """Adebayo et al. 2018's cascading model-parameter randomization."""
     from robustkit import explain
+    from robustkit.errors import RobustkitError
 
     sec = planner.cfg.explain
     model = planner.model(name, seed)
     x, y = _balanced(planner, sec.n)
-    methods = [m for m in (sec.sanity_methods or sec.methods)
-               if not explain.unsupported(model, m)]
-    torch.manual_seed(seed)
-    table = explain.sanity_check(model, x, y, methods, mode="cascading", seed=seed)
-    return {"kind": "sanity", "model": name, "seed": seed, "n": len(y), "table": table}, None
+    methods = []
+    for m in sec.sanity_methods or sec.methods:  # the methods this model supports
+        try:
+            explain.attribute(model, x[:1], y[:1], method=m)
+            methods.append(m)
+        except RobustkitError:
+            pass
+    result = explain.sanity_check(model, x, y, methods, mode="cascading", seed=seed)
+    return {"kind": "sanity", "model": name, "seed": seed, "n": len(y),
+            "table": {m: list(steps) for m, steps in result.items()},
+            "baseline": result.baseline}, None
 
 
 def validity(planner: Planner, name: str, seed: int) -> Result:

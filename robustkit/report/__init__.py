@@ -4,7 +4,9 @@
 ``check_page`` (in :mod:`robustkit.report.browser`) opens one in headless Chromium.
 """
 
+from robustkit.report.browser import check_page, find_chromium
+from robustkit.report.compare import compare
 from robustkit.report.figures import transfer_heatmaps
 from robustkit.report.render import render
 
-__all__ = ["render", "transfer_heatmaps"]
+__all__ = ["check_page", "compare", "find_chromium", "render", "transfer_heatmaps"]

@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 
 from robustkit.experiment.store import Store, write_atomic
+from robustkit.explain.plotting import plot_sanity
 from robustkit.report import figures
 from robustkit.report.results import by, flatten, fmt, load, mean_std, of_kind
 
@@ -301,26 +302,20 @@ class Report:
                         title=f"{name}: |attribution| on clean and attacked images"))})
             for (method,), rs in by([r for r in mrecs if not r.get("skipped")],
                                     "method").items():
-                shift = [flatten(r["shift"]) for r in rs]
-                keys = list(shift[0])
-                shift_rows.append({"model": name, "method": method, "values": {
-                    k: fmt(*mean_std(s.get(k) for s in shift), percent=False, digits=3)
-                    for k in keys}})
+                for group in ("all", "flipped", "held"):  # Ghorbani et al.'s split
+                    stats = [r["shift"][group] for r in rs if group in r["shift"]]
+                    if stats:
+                        shift_rows.append({"model": name, "method": method, "group": group,
+                                           "values": _mean_fmt(stats)})
                 faith = [flatten(r["faithfulness"]) for r in rs if r.get("faithfulness")]
                 if faith:
-                    faith_rows.append({"model": name, "method": method, "values": {
-                        k: fmt(*mean_std(f.get(k) for f in faith), percent=False, digits=3)
-                        for k in faith[0] if _is_number(faith[0][k])}})
+                    faith_rows.append({"model": name, "method": method,
+                                       "values": _mean_fmt(faith)})
         sanity_out = []
         for r in sanity:
             if r["seed"] != first_seed:
                 continue
-            series = {m: [(i, row["spearman_abs"], 0.0) for i, row in enumerate(rows)]
-                      for m, rows in r["table"].items()}
-            fig = self.figure(slug("sanity", r["model"]), lambda p: figures.line_chart(
-                series, p, xlabel="layers randomized (from the output down)",
-                ylabel="Spearman of |attribution| vs original", percent=False,
-                title=f"{r['model']}: cascading randomization"))
+            fig = self.figure(slug("sanity", r["model"]), lambda p: plot_sanity(r["table"], path=p))
             sanity_out.append({"model": r["model"], "figure": fig, "table": r["table"]})
         return {"grids": grids, "shift": shift_rows, "shift_keys": _keys(shift_rows),
                 "faithfulness": faith_rows, "faith_keys": _keys(faith_rows),
@@ -353,6 +348,13 @@ class Report:
                         "ours": fmt(m, s), "difference": fmt(m - ref.value)
                         if not math.isnan(m) else "n/a"})
         return out
+
+
+def _mean_fmt(dicts: Sequence[dict]) -> dict[str, str]:
+    """Mean ± std over seeds of every numeric entry; ``n`` (a count) is summed."""
+    keys = [k for k, v in dicts[0].items() if _is_number(v) or v is None]
+    return {k: (str(sum(d[k] for d in dicts)) if k == "n" else
+                fmt(*mean_std(d.get(k) for d in dicts), percent=False, digits=3)) for k in keys}
 
 
 def _keys(rows: Sequence[dict]) -> list[str]:
