@@ -144,6 +144,20 @@ def test_a_rerun_skips_finished_units(uninterrupted, monkeypatch):
     assert _comparable(uninterrupted / "results.json") == before
 
 
+def test_new_prose_reuses_every_unit(uninterrupted, tmp_path, monkeypatch):
+    from robustkit.experiment import units
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished unit was computed again")
+
+    for name in ("train", "attack", "examples", "transfer", "validity"):
+        monkeypatch.setattr(units, name, fail)
+    reworded = write(tmp_path, 'description = "new words"\n' + TINY)
+    run(reworded, uninterrupted, progress=False, render=False)
+    assert "new words" in (uninterrupted / "config.toml").read_text()
+    (uninterrupted / "config.toml").write_text(TINY)  # as the other tests expect
+
+
 def test_another_config_in_the_same_folder_is_refused(uninterrupted, tmp_path):
     other = write(tmp_path, TINY.replace("n_test = 60", "n_test = 50"))
     with pytest.raises(RobustkitError, match="another version of this config"):

@@ -97,16 +97,25 @@ def _claim(root: Path, text: str | None, fresh: bool) -> None:
         for part in ("units", "models", "figures"):
             shutil.rmtree(root / part, ignore_errors=True)
         copy.unlink(missing_ok=True)
-    if copy.exists() and text is not None and copy.read_text() != text:
+    if copy.exists() and text is not None and _computed(copy.read_text()) != _computed(text):
         raise RobustkitError(
             f"{root} holds a run of another version of this config; rerun with --fresh to "
             "start over, or choose another --out")
-    if text is not None and not copy.exists():
+    if text is not None and (not copy.exists() or copy.read_text() != text):
+        # New, or only the words the report shows changed (description, references).
         write_atomic(copy, text.encode())
     # A run killed while writing leaves its temporary file behind; the unit it belonged to
     # has no record, so it runs again.
     for stale in [*root.glob("units/**/.*.tmp"), *root.glob("models/.*.tmp")]:
         stale.unlink(missing_ok=True)
+
+
+def _computed(text: str) -> dict:
+    """The parts of a config that decide what is computed (not the report's prose)."""
+    from robustkit.config import tomllib
+
+    raw = tomllib.loads(text)
+    return {k: v for k, v in raw.items() if k not in ("description", "references")}
 
 
 def _write_manifest(root: Path, cfg: ExperimentConfig, timings: dict[str, float],
