@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "bfloat16, else off")
     p.add_argument("--eval-every", type=int, default=0, metavar="N",
                    help="score the test split every N epochs (default: after the last only)")
+    p.add_argument("--adversarial", choices=["fgsm-rs", "pgd", "trades"],
+                   help="adversarial training: fgsm-rs (Wong et al. 2020), pgd (Madry et al. "
+                        "2017) or trades (Zhang et al. 2019); uses the model's adversarial "
+                        "training defaults")
+    p.add_argument("--eps", type=float, help="with --adversarial: the threat model's radius "
+                                             "(default 0.3)")
+    p.add_argument("--adv-norm", choices=["linf", "l2"], help="with --adversarial (default linf)")
+    p.add_argument("--adv-steps", type=int, help="with --adversarial: inner attack steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.set_defaults(func=cmd_train)
@@ -247,9 +255,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from robustkit.train import fit
 
     start = time.perf_counter()
+    from robustkit.adversarial import adversarial_training, as_config, checkpoint_metadata
+
     ds = data.spec(args.dataset)  # unknown names fail here, before any work
     models.MODELS.get(args.model)
-    cfg = models.default_training(args.model)
+    adv_flags = {"eps": args.eps, "norm": args.adv_norm, "steps": args.adv_steps}
+    if args.adversarial is None and any(v is not None for v in adv_flags.values()):
+        raise RobustkitError("--eps, --adv-norm and --adv-steps only apply with --adversarial")
+    adversarial = as_config({"method": args.adversarial,
+                             **{k: v for k, v in adv_flags.items() if v is not None}}
+                            ) if args.adversarial else None
+    cfg = (adversarial_training(args.model) if adversarial
+           else models.default_training(args.model))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                  "loss": LOSS_ALIASES.get(args.loss) if args.loss else None}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -262,23 +279,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {args.model} ({n_params:,} parameters) on {args.dataset} "
           f"({len(train[1])} train / {len(test[1])} test), seed {args.seed}: "
           f"{json.dumps(dataclasses.asdict(cfg))}", flush=True)
+    if adversarial is not None:
+        from robustkit.adversarial import describe
+
+        print(f"adversarial training: {json.dumps(describe(adversarial))}", flush=True)
     if args.eval_every < 0:
         raise RobustkitError(f"--eval-every must be >= 0, got {args.eval_every}")
     history = fit(model, train, test, config=cfg, device=args.device, seed=args.seed,
                   amp={"auto": None, "on": True, "off": False}[args.amp],
-                  eval_every=args.eval_every, quiet=args.quiet)
+                  eval_every=args.eval_every, quiet=args.quiet, adversarial=adversarial)
     acc = history.final_test_accuracy
     models.save(
         model, args.out,
         dataset=args.dataset, train_size=len(train[1]), seed=args.seed,
         epochs=cfg.epochs, training=dataclasses.asdict(cfg), test_accuracy=acc,
         device=history.device, amp=history.amp, train_seconds=history.seconds,
-        history=history.epochs,
+        history=history.epochs, **checkpoint_metadata(history),
     )
     if args.quiet:
         for e in history.epochs:
             test_txt = (f"  test acc {e['test_accuracy']:.4f}"
                         if e["test_accuracy"] is not None else "")
+            if e.get("guard_accuracy") is not None:
+                test_txt += f"  held-out pgd acc {e['guard_accuracy']:.4f}"
             print(f"epoch {e['epoch']:3d}/{cfg.epochs}  loss {e['loss']:.4f}  "
                   f"train acc {e['train_accuracy']:.4f}{test_txt}  {e['seconds']:.1f}s")
     print(f"test accuracy {acc:.4f} ({acc * 100:.2f}%) after {cfg.epochs} epochs; "

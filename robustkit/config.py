@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -73,6 +74,112 @@ class TrainConfig:
                f"must be in [0, 1), got {self.label_smoothing}")
         _check(self.augment in AUGMENTS, "augment",
                f"must be one of {AUGMENTS}, got {self.augment!r}")
+
+
+ADVERSARIAL_METHODS = ("fgsm-rs", "pgd", "trades")
+NORMS = ("linf", "l2")
+ATTACK_MODES = ("eval", "train")
+GUARD_ACTIONS = ("stop", "continue")
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """How :func:`robustkit.train.fit` trains on adversarial examples (see
+    :mod:`robustkit.adversarial`).
+
+    Attributes:
+        method: ``fgsm-rs`` (Wong et al. 2020: one step from a random start), ``pgd``
+            (Madry et al. 2017) or ``trades`` (Zhang et al. 2019).
+        eps: radius of the threat model's ball in pixel units (> 0).
+        norm: ``linf`` or ``l2``.
+        steps: inner-maximization steps; default 1 for ``fgsm-rs`` (the only value it
+            takes) and 5 for ``pgd`` and ``trades``.
+        alpha: step size; default ``1.25 * eps`` for ``fgsm-rs`` and ``2.5 * eps / steps``
+            for ``pgd`` and ``trades``.
+        trades_beta: weight of TRADES' KL term (>= 0); 6 as in Zhang et al.'s CIFAR-10 runs.
+        eps_warmup: the fraction of the training steps, in [0, 1), over which eps (and alpha
+            with it) grows linearly from near 0 to ``eps``, batch by batch (0: full eps from
+            the start). Without it, alexnet trained at Linf eps 0.3 with a peak learning
+            rate of 0.004 stayed at chance for all 30 epochs; with 1/8 it reached 89% PGD
+            accuracy on validation images (Gowal et al. 2018 ramp eps for the same reason).
+        attack_mode: the model's mode while the inner attack runs: ``eval`` (Madry lab's
+            ``robustness`` library and the TRADES code: dropout off, BatchNorm statistics
+            untouched by adversarial batches) or ``train`` (Wong et al.'s code).
+        attack_amp: run the inner attack under the training's mixed precision too (False:
+            float32 attack, mixed-precision weight update). With bfloat16 on a 2-core CPU,
+            alexnet's PGD-5 training took 311 s against 338 s with a float32 attack, for
+            90.3% against 90.8% PGD-20 accuracy on 800 validation images (one seed: within
+            the noise).
+        guard: hold out ``guard_size`` training images and measure PGD accuracy on them
+            after every epoch; on a collapse restore the best epoch's weights.
+        guard_size: held-out training images (never the test split).
+        guard_steps: PGD steps of the guard's check.
+        guard_drop: a collapse is an epoch whose held-out PGD accuracy is more than this
+            below the best so far (Wong et al. 2020 stop at a 0.2 drop) ...
+        guard_floor: ... or below this floor after an earlier epoch reached it.
+        guard_action: after restoring, ``stop`` training (Wong et al.'s early stopping) or
+            ``continue`` from the restored weights and optimizer state.
+    """
+
+    method: str = "pgd"
+    eps: float = 0.3
+    norm: str = "linf"
+    steps: int | None = None
+    alpha: float | None = None
+    trades_beta: float = 6.0
+    eps_warmup: float = 0.125
+    attack_mode: str = "eval"
+    attack_amp: bool = True
+    guard: bool = True
+    guard_size: int = 256
+    guard_steps: int = 10
+    guard_drop: float = 0.2
+    guard_floor: float = 0.0
+    guard_action: str = "stop"
+
+    def __post_init__(self) -> None:
+        _check(self.method in ADVERSARIAL_METHODS, "method",
+               f"must be one of {ADVERSARIAL_METHODS}, got {self.method!r}")
+        _check(math.isfinite(self.eps) and self.eps > 0, "eps",
+               f"must be a finite radius > 0 (leave adversarial training out for standard "
+               f"training), got {self.eps}")
+        _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
+        _check(self.steps is None or self.steps > 0, "steps",
+               f"must be positive, got {self.steps}")
+        _check(self.method != "fgsm-rs" or self.steps in (None, 1), "steps",
+               f"fgsm-rs takes exactly one step (use method 'pgd' for more), got {self.steps}")
+        _check(self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0), "alpha",
+               f"must be a finite step size > 0, got {self.alpha}")
+        _check(math.isfinite(self.trades_beta) and self.trades_beta >= 0, "trades_beta",
+               f"must be finite and >= 0, got {self.trades_beta}")
+        _check(0 <= self.eps_warmup < 1, "eps_warmup",
+               f"must be a fraction of the training in [0, 1), got {self.eps_warmup}")
+        _check(self.attack_mode in ATTACK_MODES, "attack_mode",
+               f"must be one of {ATTACK_MODES}, got {self.attack_mode!r}")
+        _check(self.guard_size > 0, "guard_size", f"must be positive, got {self.guard_size}")
+        _check(self.guard_steps > 0, "guard_steps", f"must be positive, got {self.guard_steps}")
+        _check(0 <= self.guard_drop <= 1, "guard_drop",
+               f"must be in [0, 1], got {self.guard_drop}")
+        _check(0 <= self.guard_floor <= 1, "guard_floor",
+               f"must be in [0, 1], got {self.guard_floor}")
+        _check(self.guard_action in GUARD_ACTIONS, "guard_action",
+               f"must be one of {GUARD_ACTIONS}, got {self.guard_action!r}")
+
+    @property
+    def attack_steps(self) -> int:
+        """The inner attack's steps, defaults resolved."""
+        if self.steps is not None:
+            return self.steps
+        return 1 if self.method == "fgsm-rs" else 5
+
+    @property
+    def attack_alpha(self) -> float:
+        """The inner attack's step size, defaults resolved."""
+        if self.alpha is not None:
+            return self.alpha
+        if self.method == "fgsm-rs":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / self.attack_steps
 
 
 def _check(ok: bool, field: str, message: str) -> None:

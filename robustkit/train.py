@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -31,7 +32,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from robustkit.config import TrainConfig
+from robustkit.adversarial import AdversarialLoss, Guard, as_config, describe
+from robustkit.config import AdversarialConfig, TrainConfig
 from robustkit.device import pick_device
 from robustkit.errors import RobustkitError
 
@@ -43,13 +45,23 @@ class History:
     """Per-epoch records of a :func:`fit` run.
 
     Each entry of ``epochs`` has ``epoch``, ``loss`` (mean training loss), ``train_accuracy``
-    (on the augmented batches, in train mode), ``test_accuracy`` (None without test data),
-    ``lr`` (at the epoch's end) and ``seconds``.
+    (on the augmented batches, in train mode; under adversarial training on the adversarial
+    batches), ``test_accuracy`` (None without test data), ``lr`` (at the epoch's end) and
+    ``seconds``. Under adversarial training with the guard on, each entry also has
+    ``guard_accuracy`` (PGD accuracy on the held-out training images, measured before any
+    restore) and ``restored`` (the epoch whose weights were restored, or None).
+
+    ``adversarial`` is the adversarial config (steps and alpha resolved) or None; ``guard``
+    lists the guard's events (see :class:`robustkit.adversarial.Guard`); ``held_out`` is
+    the number of training images the guard kept out of training.
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     device: str = "cpu"
     amp: str | None = None  # "float16", "bfloat16" or None (float32)
+    adversarial: dict[str, Any] | None = None
+    guard: list[dict[str, Any]] = field(default_factory=list)
+    held_out: int = 0
 
     @property
     def final_test_accuracy(self) -> float | None:
@@ -193,6 +205,7 @@ def fit(
     amp: bool | None = None,
     eval_every: int = 1,
     quiet: bool = False,
+    adversarial: AdversarialConfig | dict[str, Any] | None = None,
 ) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
@@ -212,6 +225,11 @@ def fit(
         eval_every: score ``test`` every this many epochs (and always after the last);
             other epochs record None. 0 scores after the last epoch only.
         quiet: no progress bar.
+        adversarial: train on adversarial examples (:mod:`robustkit.adversarial`): an
+            :class:`AdversarialConfig` or a dict of its fields, e.g.
+            ``{"method": "pgd", "eps": 0.3}``. None (default) trains on clean images. With
+            its guard on, ``guard_size`` stratified, seeded training images are held out of
+            training to watch for catastrophic overfitting.
 
     Returns:
         A :class:`History`. The model ends in eval mode, on ``device``.
@@ -221,10 +239,14 @@ def fit(
         weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment,
     ).items() if v is not None}
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    adv = as_config(adversarial)
     train_ds = _as_dataset(train, "train")
     test_ds = _as_dataset(test, "test") if test is not None else None
     dev = pick_device(device)
     amp_dtype = amp_dtype_for(dev, amp)
+    held_out = None
+    if adv is not None and adv.guard:
+        train_ds, held_out = _hold_out(train_ds, adv.guard_size, seed)
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -248,10 +270,28 @@ def fit(
     )
     # Gradient scaling guards float16's small range; bfloat16 has float32's range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
+                              enabled=amp_dtype is not None)
+
     history = History(device=str(dev),
                       amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None)
+    adv_loss = guard = None
+    if adv is not None:
+        # Its own generator for the random starts, so the shuffling and augmentation
+        # draws are those of a standard run with the same seed.
+        adv_loss = AdversarialLoss(
+            adv, criterion, generator=torch.Generator().manual_seed(seed + 1),
+            autocast=autocast,
+            attack_autocast=autocast if adv.attack_amp else contextlib.nullcontext)
+        history.adversarial = describe(adv)
+        if held_out is not None:
+            guard = Guard(adv, held_out[0].to(dev), held_out[1].to(dev), seed=seed)
+            history.held_out = len(held_out[1])
     bar = tqdm(total=cfg.epochs * len(loader), disable=quiet, unit="batch", leave=False,
                desc="train")
+    step = 0  # optimizer steps so far
     try:
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
@@ -260,16 +300,21 @@ def fit(
             correct = torch.zeros((), device=dev, dtype=torch.long)
             seen = 0
             for xb, yb in loader:
+                if adv_loss is not None:
+                    adv_loss.warm_up(step, cfg.epochs * len(loader))
+                step += 1
                 xb = xb.to(dev, non_blocking=True)  # (B, C, H, W)
                 yb = yb.to(dev, non_blocking=True)  # (B,)
                 if cfg.augment == "shift":
                     xb = random_shift(xb, 2, gen)
                 elif cfg.augment == "affine":
                     xb = random_affine(xb, gen)
-                with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    logits = model(xb)
-                    batch_loss = criterion(logits, yb)
+                if adv_loss is not None:
+                    batch_loss, logits = adv_loss(model, xb, yb)
+                else:
+                    with autocast():
+                        logits = model(xb)
+                        batch_loss = criterion(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(batch_loss).backward()
                 scaler.step(opt)
@@ -283,25 +328,54 @@ def fit(
                 "epoch": epoch,
                 "loss": total_loss.item() / seen,
                 "train_accuracy": correct.item() / seen,
-                "test_accuracy": (accuracy_of(model, *test_ds.tensors)
-                                  if test_ds and (epoch == cfg.epochs
-                                                  or (eval_every and epoch % eval_every == 0))
-                                  else None),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - start,
             }
+            stop = False
+            if guard is not None:
+                # Before scoring the test split, so its score is that of the weights kept.
+                model.eval()
+                record["guard_accuracy"], event = guard.check(model, opt, epoch)
+                record["restored"] = event["restored_epoch"] if event else None
+                if event:
+                    history.guard.append(event)
+                    stop = adv.guard_action == "stop"
+            last = epoch == cfg.epochs or stop
+            record["test_accuracy"] = (accuracy_of(model, *test_ds.tensors)
+                                       if test_ds and (last or (eval_every
+                                                                and epoch % eval_every == 0))
+                                       else None)
+            record["lr"] = opt.param_groups[0]["lr"]
+            record["seconds"] = time.perf_counter() - start
             history.epochs.append(record)
             if not quiet:
                 test_txt = (f"  test acc {record['test_accuracy']:.4f}"
                             if record["test_accuracy"] is not None else "")
+                guard_txt = (f"  held-out pgd acc {record['guard_accuracy']:.4f}"
+                             if "guard_accuracy" in record else "")
                 bar.write(f"epoch {epoch:3d}/{cfg.epochs}  loss {record['loss']:.4f}  "
-                          f"train acc {record['train_accuracy']:.4f}{test_txt}  "
+                          f"train acc {record['train_accuracy']:.4f}{guard_txt}{test_txt}  "
                           f"{record['seconds']:.1f}s")
+            if stop:
+                break
     finally:
         bar.close()
         model.eval()
         opt.zero_grad(set_to_none=True)
     return history
+
+
+def _hold_out(ds: TensorDataset, n: int, seed: int
+              ) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
+    """Split ``n`` stratified, seeded examples off ``ds``: ``(rest, (x_held, y_held))``."""
+    from robustkit.data import stratified_indices
+
+    x, y = ds.tensors
+    if n >= len(y) // 2:
+        raise RobustkitError(
+            f"adversarial.guard_size: {n} held-out images would leave too few of the {len(y)} "
+            f"training images to train on (use fewer, or guard = false)")
+    held = torch.zeros(len(y), dtype=torch.bool)
+    held[torch.from_numpy(stratified_indices(y.cpu().numpy(), n, seed=seed))] = True
+    return TensorDataset(x[~held], y[~held]), (x[held], y[held])
 
 
 def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
