@@ -22,6 +22,7 @@ from robustkit.config import AdversarialConfig, from_dict
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import robust_accuracy
 from robustkit.train import fit
+from tests.test_cli import run_main
 
 QUIET = {"quiet": True, "device": "cpu", "amp": False}
 # A budget that a 64-unit MLP trains to ~85% clean accuracy in about a second.
@@ -315,20 +316,9 @@ def test_adversarial_defaults_per_model():
 
 # ----------------------------------------------------------------------------- command line
 
-def _run_cli(argv, capsys):
-    from robustkit import cli
-
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse exits by itself on bad flags
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_trains_adversarially_and_records_the_threat_model(tmp_path, capsys):
     path = tmp_path / "m.pt"
-    code, out, err = _run_cli(["train", "--model", "mlp", "--train-size", "600", "--epochs", "1",
+    code, out, err = run_main(["train", "--model", "mlp", "--train-size", "600", "--epochs", "1",
                                "--adversarial", "trades", "--eps", "0.1", "--adv-steps", "2",
                                "--amp", "off", "--quiet", "--out", path], capsys)
     assert code == 0, err
@@ -349,7 +339,7 @@ def test_cli_trains_adversarially_and_records_the_threat_model(tmp_path, capsys)
     (["--adversarial", "pgdx"], "invalid choice: 'pgdx'"),
 ])
 def test_cli_refuses_bad_adversarial_flags_in_one_line(argv, fragment, tmp_path, capsys):
-    code, _, err = _run_cli(["train", "--model", "mlp", "--out", tmp_path / "m.pt", *argv],
+    code, _, err = run_main(["train", "--model", "mlp", "--out", tmp_path / "m.pt", *argv],
                             capsys)
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and fragment in err

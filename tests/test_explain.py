@@ -15,6 +15,7 @@ from torch import nn
 
 from robustkit import explain, models
 from robustkit.errors import RobustkitError
+from tests.test_attacks import half_train
 
 EVERY = explain.names()
 
@@ -186,13 +187,6 @@ def assert_as_found(model: nn.Module, before: dict) -> None:
         for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
                       "_backward_pre_hooks"):
             assert not getattr(m, hooks), (n, hooks)
-
-
-def half_train(model: nn.Module) -> nn.Module:
-    """Parent (and most children) in train mode, the dropout deliberately left in eval."""
-    model.train()
-    model.drop.eval()
-    return model
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])
