@@ -7,9 +7,11 @@ The public API is flat: ``robustkit.data``, ``robustkit.models``, ``robustkit.fi
 
 __version__ = "0.1.0"
 
-from robustkit import attacks, data, evaluate, explain, metrics, models, transfer  # noqa: E402
+from robustkit import (  # noqa: E402
+    adversarial, attacks, data, evaluate, explain, metrics, models, transfer,
+)
 from robustkit.errors import RobustkitError  # noqa: E402
 from robustkit.train import fit  # noqa: E402
 
-__all__ = ["RobustkitError", "__version__", "attacks", "data", "evaluate", "explain", "fit",
-           "metrics", "models", "transfer"]
+__all__ = ["RobustkitError", "__version__", "adversarial", "attacks", "data", "evaluate",
+           "explain", "fit", "metrics", "models", "transfer"]

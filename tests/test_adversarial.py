@@ -343,3 +343,41 @@ def test_cli_refuses_bad_adversarial_flags_in_one_line(argv, fragment, tmp_path,
                             capsys)
     assert code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and fragment in err
+
+
+# ----------------------------------------------------------------------------- experiments
+
+def test_experiment_entry_with_adversarial_trains_adversarially(tmp_path):
+    import json
+
+    from robustkit.experiment import run
+
+    config = tmp_path / "adv.toml"
+    config.write_text('''name = "adv"
+n_test = 100
+
+[[models]]
+name = "mlp-std"
+arch = "mlp"
+train_size = 300
+options = { hidden = [16] }
+train = { epochs = 1 }
+
+[[models]]
+name = "mlp-pgd"
+arch = "mlp"
+train_size = 300
+options = { hidden = [16] }
+train = { epochs = 1 }
+adversarial = { method = "pgd", eps = 0.1, steps = 2, guard_size = 50 }
+''')
+    root = run(config, tmp_path / "run", progress=False, render=False)
+    records = {r["model"]: r for r in json.loads((root / "results.json").read_text())["records"]
+               if r["kind"] == "model"}
+    assert records["mlp-std"]["training_method"] == "standard"
+    assert records["mlp-pgd"]["training_method"] == "pgd"
+    assert records["mlp-pgd"]["threat_model"] == {"norm": "linf", "eps": 0.1}
+    # The adversarial defaults are the base of the entry's training overrides.
+    assert records["mlp-pgd"]["training"]["lr"] == ADVERSARIAL_DEFAULTS["mlp"].lr
+    meta = models.load(records["mlp-pgd"]["checkpoint"]).robustkit_metadata
+    assert meta["adversarial"]["steps"] == 2 and meta["held_out"] == 50

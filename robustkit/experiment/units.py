@@ -38,7 +38,8 @@ def _balanced(planner: Planner, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train(planner: Planner, entry: ModelEntry, seed: int) -> Result:
     """Train ``entry`` with ``seed`` (or read its checkpoint) and score it on the test subset."""
-    from robustkit.experiment.config import train_config
+    from robustkit.adversarial import checkpoint_metadata
+    from robustkit.experiment.config import adversarial_config, train_config
     from robustkit.train import fit
 
     cfg = planner.cfg
@@ -53,11 +54,13 @@ def train(planner: Planner, entry: ModelEntry, seed: int) -> Result:
         torch.manual_seed(seed)
         model = models.create(entry.architecture, ds.in_shape, ds.num_classes, ds.mean,
                               ds.std, **entry.options)
+        # Adversarial entries train on adversarial examples (None: clean images).
         history = fit(model, train_set, planner.test_set(), config=tc, device=cfg.device,
-                      seed=seed, quiet=True)
+                      seed=seed, quiet=True, adversarial=adversarial_config(entry))
         models.save(model, path, dataset=cfg.dataset, train_size=len(train_set[1]), seed=seed,
                     training=dataclasses.asdict(tc), train_seconds=history.seconds,
-                    device=history.device, amp=history.amp, history=history.epochs)
+                    device=history.device, amp=history.amp, history=history.epochs,
+                    **checkpoint_metadata(history))
     model = planner.model(entry.name, seed)
     x, y = planner.test_set()
     meta = model.robustkit_metadata
@@ -68,6 +71,8 @@ def train(planner: Planner, entry: ModelEntry, seed: int) -> Result:
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_size": meta.get("train_size"), "training": meta.get("training"),
         "train_seconds": meta.get("train_seconds"), "history": meta.get("history"),
+        "training_method": meta.get("training_method", "standard"),
+        "threat_model": meta.get("threat_model"), "guard": meta.get("guard"),
         "clean_accuracy": (predict(model, x).argmax(1) == y).float().mean().item(),
         "architecture": str(model),
     }, None
