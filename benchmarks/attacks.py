@@ -17,12 +17,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import torch
 
-from benchmarks.common import OUT, bare_passes, interleaved, test_images, trained
+from benchmarks.common import bare_passes, interleaved, merge_results, test_images, trained
 from robustkit import attacks
 from robustkit.evaluate import robustness_curve
 from robustkit.train import predict
@@ -164,11 +163,7 @@ def main() -> None:
         print(f"  median L2 over all correctly classified, failure = inf: robustkit "
               f"{with_inf['robustkit']:.3f} | torchattacks {with_inf['torchattacks']:.3f}")
 
-    OUT.mkdir(exist_ok=True)
-    path = OUT / "attacks.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**previous, **out}, indent=2, default=str))  # keep other parts
-    print(f"\nwrote {OUT / 'attacks.json'}")
+    merge_results("attacks", out)
 
 
 if __name__ == "__main__":

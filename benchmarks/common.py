@@ -26,6 +26,19 @@ def trained(name: str = "alexnet", extra: tuple[str, ...] = ()) -> torch.nn.Modu
     return models.load(path)
 
 
+def merge_results(name: str, results: dict) -> Path:
+    """Merge ``results`` into ``benchmarks/out/<name>.json`` (parts run with ``--only`` keep
+    the others' figures) and return the path."""
+    import json
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **results}, indent=2, default=str))
+    print(f"\nwrote {path}")
+    return path
+
+
 def test_images(n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = data.load_tensors("mnist-5k", "test")
     return x[:n], y[:n]

@@ -36,7 +36,7 @@ import torch
 from captum.attr import (DeepLift, GuidedBackprop, InputXGradient, IntegratedGradients,
                          LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency)
 
-from benchmarks.common import OUT, interleaved, trained
+from benchmarks.common import interleaved, merge_results, trained
 from robustkit import data, explain
 from robustkit.device import pick_device
 from robustkit.models.checkpoint import versions
@@ -241,11 +241,7 @@ def main() -> None:
               f"{t['batched']:.2f}s | per-image loop {t['loop']:.2f}s | speed-up "
               f"{t['loop'] / t['batched']:.1f}x (target >= 10) | max curve difference {diff:.1e}")
 
-    OUT.mkdir(exist_ok=True)
-    path = OUT / "explain.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**previous, **out}, indent=2, default=str))  # keep other parts
-    print(f"\nwrote {path}")
+    merge_results("explain", out)
 
 
 if __name__ == "__main__":
