@@ -36,6 +36,7 @@ from robustkit.adversarial import AdversarialLoss, Guard, as_config, describe
 from robustkit.config import AdversarialConfig, TrainConfig
 from robustkit.device import pick_device
 from robustkit.errors import RobustkitError
+from robustkit.models.layout import channels_last, nhwc
 
 Split = tuple[torch.Tensor, torch.Tensor] | TensorDataset
 
@@ -170,12 +171,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000,
         dev = first.device if first is not None else x.device
     was_training = model.training
     model.eval()
-    # Channels-last images: the same values, faster convolutions (about 1.2x for alexnet).
-    layout = torch.channels_last if x.ndim == 4 else torch.contiguous_format
+    # Channels-last images and weights: the same values, faster convolutions (1.5-2x for
+    # the alexnet on 2 CPU cores; robustkit.models.layout).
     try:
-        out = [model(x[i:i + batch_size].to(dev, non_blocking=True)
-                     .contiguous(memory_format=layout)).float().cpu()
-               for i in range(0, len(x), batch_size)]
+        with channels_last(model):
+            out = [model(nhwc(x[i:i + batch_size].to(dev, non_blocking=True))).float().cpu()
+                   for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out)  # (N, K)

@@ -109,6 +109,54 @@ def test_occlusion_with_many_windows_per_pass_equals_captums_one_per_pass(tiny_b
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def test_occlusion_skips_windows_over_the_baseline_and_gives_them_exactly_zero(monkeypatch):
+    """A window over pixels already equal to the baseline changes nothing: no forward pass
+    for that copy, attribution exactly 0, and the rest equal to captum's plain call."""
+    from robustkit.explain import reuse
+
+    model = tiny_cnn()
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 8:16, 10:18] = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 4, 7])
+    made = []
+    monkeypatch.setattr(reuse.SkipUnchanged, "__init__", _recording(made))
+    ours = explain.attribute(model, x, y, method="occlusion")
+    theirs = captum.attr.Occlusion(model).attribute(
+        x, target=y, sliding_window_shapes=(1, 4, 4), strides=2, baselines=0.0)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    ink = F.max_pool2d((x != 0).float(), 4, 2)  # (3, 1, 13, 13): windows touching the digit
+    forward = made[0]
+    assert forward.evaluated == len(x) + int(ink.sum())  # the clean pass + changed copies
+    # blank windows, and captum's own pass over the unperturbed images, come from the cache
+    assert forward.skipped == ink.numel() - int(ink.sum()) + len(x)
+    covered = F.conv_transpose2d(ink, torch.ones(1, 1, 4, 4), stride=2)  # (3, 1, 28, 28)
+    assert (ours[covered == 0] == 0).all()  # pixels only blank windows cover: exactly zero
+
+
+def _recording(made: list):
+    from robustkit.explain.reuse import SkipUnchanged
+    init = SkipUnchanged.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+    return record
+
+
+def test_skip_unchanged_answers_other_layouts_in_full():
+    from robustkit.explain.reuse import SkipUnchanged
+
+    model = tiny_cnn()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    forward = SkipUnchanged(model, x, rows=3)
+    odd = torch.cat([x, x[:1]])  # 5 rows: not k copies of 4 examples
+    with torch.no_grad():
+        assert torch.allclose(forward(odd), model(odd), atol=1e-6)
+        stacked = torch.cat([x, x.flip(0)])  # copy 0 unchanged, copy 1 all changed (rows 0-3)
+        assert torch.allclose(forward(stacked), model(stacked), atol=1e-6)
+    assert forward.skipped == 4 and forward.evaluated == 4 + 5 + 4
+
+
 @pytest.mark.parametrize("name", ["integrated_gradients", "occlusion", "saliency", "gradcam"])
 def test_small_batches_equal_one_batch(name, tiny_batch):
     model, y = tiny_cnn(), torch.arange(8)
@@ -172,6 +220,7 @@ def test_on_a_linear_model_gradient_is_the_weight_row(linear, tiny_batch):
 def snapshot(model: nn.Module) -> dict:
     return {"modes": {n: m.training for n, m in model.named_modules()},
             "params": {k: p.detach().clone() for k, p in model.named_parameters()},
+            "storage": {k: (p.data_ptr(), p.stride()) for k, p in model.named_parameters()},
             "buffers": {k: b.clone() for k, b in model.named_buffers()},
             "attrs": {n: set(vars(m)) for n, m in model.named_modules()}}
 
@@ -180,6 +229,7 @@ def assert_as_found(model: nn.Module, before: dict) -> None:
     assert {n: m.training for n, m in model.named_modules()} == before["modes"]
     for k, p in model.named_parameters():
         assert torch.equal(p, before["params"][k]) and p.grad is None, k
+        assert (p.data_ptr(), p.stride()) == before["storage"][k], k  # same memory, layout
     for k, b in model.named_buffers():
         assert torch.equal(b, before["buffers"][k]), k
     for n, m in model.named_modules():

@@ -76,7 +76,7 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
     n = len(x0)
     dev = x0.device
     per_stage = math.ceil(steps / binary_search_steps)
-    with borrowed(model, what):
+    with borrowed(model, what, fast_layout=True):
         delta = torch.zeros_like(x0, requires_grad=True)  # (N, C, H, W)
         opt = torch.optim.Adam([delta], lr=lr)
         const = torch.full((n,), c, device=dev)

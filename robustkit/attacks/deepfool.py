@@ -42,7 +42,7 @@ def deepfool(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 50,
     overshoot = check_eps(overshoot, "deepfool", "overshoot")
     x0, y0 = prepare(model, x, y, "deepfool")
     n = len(x0)
-    with borrowed(model, "deepfool"):
+    with borrowed(model, "deepfool", fast_layout=True):
         with torch.no_grad():
             k_all = model(x0[:1]).shape[1]
             k = k_all if candidates is None else max(2, min(int(candidates), k_all))

@@ -34,7 +34,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     eps = check_eps(eps, "fgsm")
     x0, y0 = prepare(model, x, y, "fgsm")
     tm = THREATS.get("linf")
-    with borrowed(model, "fgsm"):
+    with borrowed(model, "fgsm", fast_layout=True):
         grad, _ = input_grad(model, x0, y0, targeted)
         e = per_example(eps, len(x0), x0)
         x_adv = tm.project(tm.step(x0, grad, e), x0, e)

@@ -76,7 +76,7 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
     e = per_example(eps, len(x0), x0)
     a = per_example(alpha, len(x0), x0)
     sign = -1.0 if targeted else 1.0
-    with borrowed(model, "mifgsm"):
+    with borrowed(model, "mifgsm", fast_layout=True):
         x_adv = x0
         momentum = torch.zeros_like(x0)  # (N, C, H, W)
         for _ in range(steps):

@@ -74,7 +74,7 @@ def _linf_bisection(model: nn.Module, x: Tensor, target: Tensor, probe_steps: in
     best = x0.clone()
     success = torch.zeros(n, dtype=torch.bool, device=x0.device)
     eps = hi.clone()  # first probe at max_eps: examples that fail there are out of reach
-    with borrowed(model, "minimal_targeted"):
+    with borrowed(model, "minimal_targeted", fast_layout=True):
         for _ in range(search_steps):
             e = per_example(eps, n, x0)
             # Warm start: the last success, projected into the smaller ball.

@@ -101,7 +101,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
     gen = generator(seed)
     e = per_example(eps, len(x0), x0)
     a = per_example(alpha, len(x0), x0)
-    with borrowed(model, what):
+    with borrowed(model, what, fast_layout=True):
         best, best_loss, best_hit = None, None, None
         for _ in range(restarts):
             start = tm.random_start(x0, e, gen) if random_start else x0

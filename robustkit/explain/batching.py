@@ -33,13 +33,18 @@ BUDGET_BYTES = {"cpu": 64 * 2**20, "cuda": 2 * 2**30}
 CUDA_FREE_FRACTION = 0.25
 
 
-def rows_per_pass(probe: Probe, device: torch.device) -> int:
-    """Examples per forward pass whose activations fit the device's budget (at least 1)."""
+def budget_bytes(device: torch.device) -> int:
+    """Memory one pass (its activations, or a batch of perturbed copies) may take."""
     budget = BUDGET_BYTES.get(device.type, BUDGET_BYTES["cpu"])
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = min(budget, int(free * CUDA_FREE_FRACTION))
-    return max(1, budget // max(1, probe.bytes_per_example))
+    return budget
+
+
+def rows_per_pass(probe: Probe, device: torch.device) -> int:
+    """Examples per forward pass whose activations fit the device's budget (at least 1)."""
+    return max(1, budget_bytes(device) // max(1, probe.bytes_per_example))
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

@@ -10,7 +10,8 @@ fast (high area). The same curves for random rankings give the floor to beat.
 
 Curves are batched: the perturbed images of every (curve, step, image) triple are built
 by indexing and evaluated in passes of as many rows as the memory budget allows, instead
-of one forward pass per image and step.
+of one forward pass per image and step, with channels-last images and weights
+(:func:`robustkit.models.layout.channels_last`).
 
 Example:
     >>> a = attribute(model, x, y, method="integrated_gradients")      # doctest: +SKIP
@@ -32,6 +33,7 @@ from robustkit.explain.attribution import Target, attribute, targets
 from robustkit.explain.batching import chunks, rows_per_pass
 from robustkit.explain.compare import pixel_map
 from robustkit.explain.probe import probe
+from robustkit.models.layout import channels_last, nhwc
 
 Tensor = torch.Tensor
 MODES = ("deletion", "insertion")
@@ -88,7 +90,7 @@ def faithfulness(model: nn.Module, x: Tensor, target: Target, attributions: Tens
     counts = (fractions * h * w).round().long()  # pixels removed/inserted at each step
 
     dev = model_device(model, x)
-    with borrowed(model, what=what):
+    with borrowed(model, what=what), channels_last(model):
         xs = x.detach().to(dev)
         base = torch.as_tensor(baseline, dtype=xs.dtype, device=dev)
         if base.min() < 0 or base.max() > 1:
@@ -132,7 +134,7 @@ def _curves(model: nn.Module, x: Tensor, target: Tensor, relevance: Tensor, coun
         m, step, i = r // (s * n), (r // n) % s, r % n
         top = rank[i] < counts[step][:, None]  # (B, H*W): among the pixels moved so far
         show = (top == inserting[m][:, None]).view(-1, 1, h, w)
-        logits = model(torch.where(show, x[i], base[i]))  # (B, K)
+        logits = model(nhwc(torch.where(show, x[i], base[i])))  # (B, K)
         values = logits.float().softmax(1) if score == "probability" else logits.float()
         out[part] = values.gather(1, target[i][:, None]).squeeze(1)
     grid = out.view(len(modes), s, n).cpu()
