@@ -1,5 +1,6 @@
 """Evaluation: robustness curves agree with attacking afresh at each eps (for less work),
-validity checks pass a sound evaluation and flag gradient masking, minimal tables."""
+validity checks pass a sound evaluation and flag gradient masking and obfuscation, minimal
+tables."""
 
 from __future__ import annotations
 
@@ -37,6 +38,30 @@ class Quantized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(torch.round(x * 4) / 4)
+
+
+class _Reverse(torch.autograd.Function):
+    """Identity forward, negated gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class ReversedGradient(nn.Module):
+    """Gradient obfuscation: the same predictions, but every input gradient points the wrong
+    way, so PGD climbs towards confidence and is useless, while random noise still fools."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(_Reverse.apply(x))
 
 
 class MeanThreshold(nn.Module):
@@ -137,6 +162,9 @@ def test_validity_checks_pass_a_normally_trained_model(trained_mlp, test200):
     for name in ("iterative_beats_single_step", "monotone_in_eps", "large_eps_reaches_zero",
                  "beats_random_noise"):
         assert checks[name]["passed"] is True, checks[name]["detail"]
+    noise = checks["beats_random_noise"]
+    assert noise["pgd"] <= noise["noise"] and noise["n"] == len(y)
+    assert noise["noise_only_share"] == noise["noise_only"] / len(y) <= 0.01
     assert checks["beats_transfer"]["passed"] is None  # skipped without a source model
     assert result["clean_accuracy"] == pytest.approx(metrics.accuracy(trained_mlp, x, y))
 
@@ -154,6 +182,42 @@ def test_validity_checks_flag_gradient_masking(trained_mlp, test200):
     assert result["passed"] is False
     assert (checks["large_eps_reaches_zero"]["passed"] is False
             or checks["beats_random_noise"]["passed"] is False)
+
+
+def test_random_noise_fooling_what_pgd_cannot_fails_the_check(trained_mlp, test200):
+    x, y = test200
+    obfuscated = ReversedGradient(trained_mlp).eval()
+    assert torch.equal(obfuscated(x), trained_mlp(x))  # the same model, misleading gradients
+    result = evaluate.validity_checks(obfuscated, x, y, eps=0.3, steps=STEPS, progress=False)
+    noise = checks_by_name(result)["beats_random_noise"]
+    assert noise["passed"] is False, noise["detail"]
+    assert noise["noise_only"] > 0.01 * len(y)
+    assert f"fooled {noise['noise_only']} of {len(y)} examples" in noise["detail"]
+    assert result["passed"] is False
+
+
+@pytest.mark.parametrize("pgd_right, noise_right, both, passed", [
+    # A robust model resists PGD almost as well as noise: 92.4% vs 97.0%, and every image
+    # that survives PGD survives the noise (the old 5-point margin failed this).
+    (924, 970, 924, True),
+    (500, 900, 495, True),  # the noise fools 5 of 1000 that PGD did not: within 1%
+    (500, 900, 485, False),  # 15 of 1000: PGD misses what random sampling finds
+    (910, 900, 900, False),  # PGD does worse than noise
+    (0, 0, 0, True),  # both fool everything
+])
+def test_the_random_noise_rule_counts_examples_not_averages(pgd_right, noise_right, both,
+                                                           passed):
+    n = 1000
+    pgd_ok = torch.zeros(n, dtype=torch.bool)
+    noise_ok = torch.zeros(n, dtype=torch.bool)
+    pgd_ok[:pgd_right] = True  # the first `both` PGD survivors also survive the noise
+    noise_ok[:both] = True
+    noise_ok[pgd_right:pgd_right + noise_right - both] = True
+    assert int(noise_ok.sum()) == noise_right and int((pgd_ok & noise_ok).sum()) == both
+    check = evaluate._beats_random_noise(pgd_ok, noise_ok, "noise")
+    assert check["passed"] is passed, check["detail"]
+    assert check["noise_only"] == pgd_right - both
+    assert check["pgd"] == pgd_right / n and check["noise"] == noise_right / n
 
 
 def test_validity_checks_read_the_accuracy_at_large_eps(test200):

@@ -49,7 +49,7 @@ steps = 10
 target = 3
 
 [explain]
-methods = ["saliency", "gradcam"]
+methods = ["saliency", "gradient", "gradcam"]
 n = 4
 options = {{ steps = 2 }}
 
@@ -110,6 +110,67 @@ def test_every_section_has_real_figures(run_dir):
     assert "Faithfulness" in page and "sanity check" in page
     # The published figure sits beside ours.
     assert "99.9" in page and "Goodfellow et al. 2015" in page
+
+
+def _explain_records(run_dir):
+    import json
+
+    records = json.loads((run_dir / "results.json").read_text())["records"]
+    return [r for r in records if r["kind"] == "explain" and not r.get("skipped")]
+
+
+def test_alignment_figures_and_table_match_the_records(run_dir):
+    import html
+
+    from robustkit.report.render import md_cell
+    from robustkit.report.results import fmt
+
+    page = (run_dir / "index.html").read_text()
+    markdown = (run_dir / "README.md").read_text()
+    recs = _explain_records(run_dir)
+    assert {r["method"] for r in recs} == {"saliency", "gradient"}  # gradcam was skipped
+    for r in recs:
+        for entry in ("alignment", "alignment_adv"):
+            a = r[entry]
+            assert -1 <= a["spearman"] <= 1 and 0 <= a["area_share"] <= 1
+            assert len(a["per_example"]["ink_share"]) == a["n"] == r["n"]
+        cells = [fmt(r[e][m], percent=False, digits=3) for e, m in (
+            ("alignment", "spearman"), ("alignment", "ink_share"), ("alignment", "area_share"),
+            ("alignment_adv", "spearman"), ("alignment_adv", "ink_share"))]
+        name = html.escape(r["model"], quote=False)
+        row = (f'<tr><td>{name}</td><td class="text">{r["method"]}</td>'
+               + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        assert row in page, row
+        md_row = f"| {md_cell(name)} | {r['method']} | " + " | ".join(cells) + " |"
+        assert md_row in markdown, md_row
+    # One side-by-side figure per method (images on top, a row per model) and the chart,
+    # each a real PNG referenced from both pages.
+    figs = re.findall(r'src="(figures/(?:aligned-[^"]+|alignment\.png))"', page)
+    assert len(figs) == 3 and sum("aligned-saliency" in f for f in figs) == 1
+    for f in figs:
+        assert f"]({f})" in markdown
+        assert (run_dir / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Perceptual alignment" in page and "Perceptual alignment" in markdown
+
+
+def test_a_run_recorded_before_alignment_still_renders(run_dir, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("figures", "index.html",
+                                                                "README.md"))
+    results = json.loads((old / "results.json").read_text())
+    for r in results["records"]:
+        r.pop("alignment", None)
+        r.pop("alignment_adv", None)
+    (old / "results.json").write_text(json.dumps(results))
+    render(old)
+    page = (old / "index.html").read_text()
+    assert 'id="explanations"' in page and "Explanation shift under attack" in page
+    assert "Perceptual alignment" not in page and "Perceptual alignment" not in (
+        old / "README.md").read_text()
+    assert not list((old / "figures").glob("align*"))
 
 
 def test_compare_puts_runs_side_by_side(run_dir, tmp_path):

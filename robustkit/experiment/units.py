@@ -191,7 +191,8 @@ def transfer(planner: Planner, source: str, seed: int) -> Result:
 
 
 def explanation(planner: Planner, name: str, seed: int, method: str) -> Result:
-    """Attributions on clean and attacked images, their shift, and faithfulness."""
+    """Attributions on clean and attacked images, their shift, faithfulness, and how much
+    the maps look like the digit (Tsipras et al. 2019's perceptual alignment)."""
     from robustkit import explain
     from robustkit.errors import RobustkitError
     from robustkit.evaluate import adversarial_examples
@@ -211,7 +212,11 @@ def explanation(planner: Planner, name: str, seed: int, method: str) -> Result:
     adv_map = explain.attribute(model, x_adv, y, method=method)
     shift = explain.explanation_shift(model, x, x_adv, y, method)
     shift.pop("per_example", None)
-    record = {**base, "attack": sec.attack, "eps": sec.eps, "n": len(y), "shift": shift}
+    record = {**base, "attack": sec.attack, "eps": sec.eps, "n": len(y), "shift": shift,
+              # Both maps are judged against the clean digit: x_adv's background holds the
+              # perturbation, which follows the gradient by construction.
+              "alignment": explain.alignment(clean_map, x).to_dict(per_example=True),
+              "alignment_adv": explain.alignment(adv_map, x).to_dict(per_example=True)}
     if sec.faithfulness:
         faith = explain.faithfulness(model, x, y, clean_map, seed=seed)
         record["faithfulness"] = {

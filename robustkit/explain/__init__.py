@@ -13,6 +13,8 @@ how explanations change under attack.
   2018) against random rankings.
 - :func:`robustness`: captum's max-sensitivity and normalized infidelity (Yeh et al. 2019).
 - :func:`explanation_shift`: how maps move under attack (Ghorbani et al. 2019).
+- :func:`alignment`: how much maps look like the image itself, the perceptual alignment
+  of robust models' gradients (Tsipras et al. 2019).
 
 Example:
     >>> from robustkit import explain
@@ -20,6 +22,7 @@ Example:
     >>> explain.faithfulness(model, x, y, a)["deletion"]["auc"]             # doctest: +SKIP
 """
 
+from robustkit.explain.alignment import Alignment, alignment
 from robustkit.explain.attribution import attribute, explaining
 from robustkit.explain.checks import check_model
 from robustkit.explain.deletion import faithfulness
@@ -29,7 +32,7 @@ from robustkit.explain.sanity import SanityResult, sanity_check
 from robustkit.explain.shift import explanation_shift
 from robustkit.explain.stability import robustness
 
-__all__ = ["EXPLAINERS", "Explainer", "SanityResult", "attribute", "check_model",
-           "explaining", "explanation_shift", "faithfulness", "names", "plot",
+__all__ = ["EXPLAINERS", "Alignment", "Explainer", "SanityResult", "alignment", "attribute",
+           "check_model", "explaining", "explanation_shift", "faithfulness", "names", "plot",
            "plot_faithfulness", "plot_sanity", "register_explainer", "robustness",
            "sanity_check"]

@@ -220,3 +220,123 @@ def attribution_grid(x, x_adv, maps: Mapping[str, tuple], path=None, *, title: s
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def model_maps(x, maps: Mapping[str, object], path=None, *, labels: Sequence[str] = (),
+               notes: Mapping[str, str] | None = None, title: str = "",
+               max_cols: int = 6) -> Figure:
+    """The same images explained by several models: images on top, one row of |map| per model.
+
+    Standard and robust models' maps then sit in one column per image, directly comparable
+    (Tsipras et al. 2019: robust models' gradients look like the digit).
+
+    Args:
+        x: the images, an array (N, C, H, W) in [0, 1].
+        maps: ``{model: maps shaped like x}`` in row order; the channel-summed absolute
+            value is shown, each panel scaled to its own 99th percentile (only the pattern
+            is compared: robust and standard gradients differ in size by orders of
+            magnitude).
+        labels: one caption per image (e.g. its class), or none.
+        notes: a second line under a model's name (e.g. its alignment score).
+        max_cols: at most this many images, the first ones.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> model_maps(x, {"mlp": a_mlp, "mlp-pgd": a_pgd}, "saliency.png")  # doctest: +SKIP
+    """
+    import numpy as np
+
+    if not maps:
+        raise ValueError("model_maps needs at least one model's maps")
+    n = min(len(x), max_cols)
+    rows = 1 + len(maps)
+    fig = Figure(figsize=(1.2 * n + 1.1, 1.2 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, n, squeeze=False)
+    for j in range(n):
+        _show(axes[0, j], x[j])
+        if j < len(labels):
+            axes[0, j].set_title(labels[j], fontsize=8)
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    for i, (model, m) in enumerate(maps.items(), start=1):
+        for j in range(n):
+            heat = np.abs(np.asarray(m[j])).sum(0)  # (H, W)
+            # The 99th percentile, not the maximum: a few outlying pixels would otherwise
+            # leave the rest of the map black.
+            top = float(np.percentile(heat, 99)) or float(heat.max()) or 1.0
+            ax = axes[i, j]
+            ax.imshow(heat, cmap="inferno", vmin=0, vmax=top)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        note = (notes or {}).get(model)
+        axes[i, 0].set_ylabel(f"{model}\n{note}" if note else model, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def alignment_chart(values: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+                    path=None, *, title: str = "") -> Figure:
+    """Perceptual alignment per method (groups) and model (bars), with every example.
+
+    Top: mean Spearman correlation of |map| with the image; bottom: the share of |map| on
+    the digit's pixels, with a black tick at the ink's share of the area (what a uniform
+    map gets). Bars are means over the examples, error bars their standard deviation, dots
+    the examples themselves.
+
+    Args:
+        values: ``{model: {method: {"spearman": [...], "ink_share": [...],
+            "area_share": [...]}}}``, per-example values; a missing method is left out.
+        title: the figure's title.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> alignment_chart({"mlp": {"saliency": {"spearman": [0.1, 0.2],
+        ...     "ink_share": [0.3, 0.2], "area_share": [0.2, 0.2]}}}, "a.png")  # doctest: +SKIP
+    """
+    import numpy as np
+
+    models = list(values)
+    methods = list(dict.fromkeys(m for per in values.values() for m in per))
+    if not methods:
+        raise ValueError("alignment_chart needs at least one model with one method")
+    width = 0.8 / len(models)
+    bars = len(models) * len(methods)
+    fig = Figure(figsize=(max(6.4, 0.3 * bars + 2.8), 6.4), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    jitter = np.random.default_rng(0)  # fixed: the same figure on every render
+    for k, model in enumerate(models):
+        color = f"C{k % 10}"
+        label: str | None = model  # on the model's first bar only: one legend entry
+        for g, method in enumerate(methods):
+            v = values[model].get(method)
+            if not v:
+                continue
+            pos = g - 0.4 + width * (k + 0.5)  # the model's slot in the method's group
+            for ax, metric in ((top, "spearman"), (bottom, "ink_share")):
+                pts = np.asarray(v[metric], dtype=float)  # (examples,)
+                ax.bar(pos, pts.mean(), width * 0.9, color=color, alpha=0.75,
+                       yerr=pts.std() if len(pts) > 1 else None, capsize=2,
+                       error_kw={"elinewidth": 0.8}, label=label if ax is top else None)
+                ax.scatter(pos + jitter.uniform(-0.3, 0.3, len(pts)) * width, pts, s=5,
+                           color="black", alpha=0.5, linewidths=0, zorder=3)
+            area = float(np.mean(v["area_share"]))
+            bottom.hlines(area, pos - width * 0.45, pos + width * 0.45, color="black",
+                         linewidth=1.5, zorder=4)
+            label = None
+    for ax, ylabel in ((top, "Spearman(|map|, image)"), (bottom, "share of |map| on digit")):
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    bottom.set_xticks(range(len(methods)), methods, fontsize=9)
+    top.axhline(0, color="black", linewidth=0.8)
+    top.set_title("rank correlation of |map| with the image's pixels", fontsize=9)
+    bottom.set_title("share of |map| on the digit (black ticks: the digit's share of the area)",
+                     fontsize=9)
+    bottom.set_ylim(0, None)
+    fig.legend(loc="outside lower center", ncols=min(len(models), 6), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -8,6 +8,7 @@ HTML comes from Jinja2 templates with autoescaping on, so a model named
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import math
@@ -283,6 +284,7 @@ class Report:
             return None
         first_seed = self.results["seeds"][0]
         grids, shift_rows, faith_rows, skipped = [], [], [], []
+        first: dict[str, dict[str, dict]] = {}  # {method: {model: first seed's arrays}}
         for (name,), mrecs in by(recs, "model").items():
             maps = {}
             arrays = None
@@ -295,6 +297,7 @@ class Report:
                 if r["seed"] == first_seed:
                     arrays = self.store.arrays(r["key"])
                     maps[r["method"]] = (arrays["clean"], arrays["adv"])
+                    first.setdefault(r["method"], {})[name] = arrays
             if maps:
                 grids.append({"model": name, "figure": self.figure(
                     slug("attributions", name), lambda p: figures.attribution_grid(
@@ -319,7 +322,57 @@ class Report:
             sanity_out.append({"model": r["model"], "figure": fig, "table": r["table"]})
         return {"grids": grids, "shift": shift_rows, "shift_keys": _keys(shift_rows),
                 "faithfulness": faith_rows, "faith_keys": _keys(faith_rows),
-                "sanity": sanity_out, "skipped": skipped}
+                "sanity": sanity_out, "skipped": skipped,
+                "alignment": self._alignment(recs, first)}
+
+    def _alignment(self, recs: list[dict], first: dict[str, dict[str, dict]]
+                   ) -> dict[str, Any] | None:
+        """Tsipras et al. 2019's perceptual alignment: the models' maps of the same images
+        side by side per method, a chart of the alignment scores, and their table.
+
+        None for runs whose explanation records predate the ``alignment`` entry.
+        """
+        recs = [r for r in recs if not r.get("skipped") and r.get("alignment")]
+        if not recs:
+            return None
+        first_seed = self.results["seeds"][0]
+        rows = []
+        chart: dict[str, dict[str, dict[str, list[float]]]] = {}  # model -> method -> metric
+        for (name, method), rs in by(recs, "model", "method").items():
+            row = {"model": name, "method": method}
+            for entry, suffix in (("alignment", ""), ("alignment_adv", "_adv")):
+                for metric in ("spearman", "ink_share", "area_share"):
+                    row[metric + suffix] = fmt(*mean_std(r[entry][metric] for r in rs
+                                                         if r.get(entry)),
+                                               percent=False, digits=3)
+            rows.append(row)
+            pooled = chart.setdefault(name, {}).setdefault(method, {})  # examples of all seeds
+            for metric in ("spearman", "ink_share", "area_share"):
+                pooled[metric] = [v for r in rs for v in
+                                  r["alignment"].get("per_example", {}).get(
+                                      metric, [r["alignment"][metric]]) if v is not None]
+        figs = []
+        for method in dict.fromkeys(r["method"] for r in recs):
+            ok = {r["model"]: r for r in recs
+                  if r["method"] == method and r["seed"] == first_seed}
+            arrays = {m: a for m, a in first.get(method, {}).items() if m in ok}
+            if not arrays:
+                continue
+            x = next(iter(arrays.values()))["x"]
+            # Only models explained on the very same images share a column.
+            arrays = {m: a for m, a in arrays.items() if np.array_equal(a["x"], x)}
+            labels = [f"label {y}" for y in next(iter(arrays.values()))["y"]]
+            notes = {m: "Spearman " + fmt(ok[m]["alignment"]["spearman"], percent=False,
+                                          digits=2) for m in arrays}
+            draw = functools.partial(
+                figures.model_maps, x, {m: a["clean"] for m, a in arrays.items()},
+                labels=labels, notes=notes,
+                title=f"{method}: |map| of the same images, one row per model")
+            figs.append({"method": method, "models": list(arrays),
+                         "figure": self.figure(slug("aligned", method), draw)})
+        chart_fig = self.figure("alignment.png", lambda p: figures.alignment_chart(
+            chart, p, title="how much each map looks like the digit (Tsipras et al. 2019)"))
+        return {"figures": figs, "chart": chart_fig, "rows": rows}
 
     def validity(self) -> list[dict[str, Any]]:
         out = []
