@@ -133,7 +133,8 @@ def curves_by_hand(model, x, y, relevance, steps, baseline):
 def test_batched_curves_equal_the_per_image_loop(batch_size, trained_mlp, test32):
     x, y = test32[0][:6], test32[1][:6]
     a = explain.attribute(trained_mlp, x, y, method="input_x_gradient")
-    r = explain.faithfulness(trained_mlp, x, y, a, steps=8, baseline=0.2, batch_size=batch_size)
+    r = explain.faithfulness(trained_mlp, x, y, a, steps=8, baseline=0.2, batch_size=batch_size,
+                             amp=False)
     hand = curves_by_hand(trained_mlp, x, y, a, 8, 0.2)
     for mode in ("deletion", "insertion"):
         assert torch.allclose(torch.tensor(r[mode]["curve"]), hand[mode].mean(0), atol=1e-5)
@@ -141,9 +142,27 @@ def test_batched_curves_equal_the_per_image_loop(batch_size, trained_mlp, test32
         assert torch.allclose(torch.tensor(r[mode]["auc_per_example"]), auc, atol=1e-5)
 
 
+def test_mixed_precision_curves_stay_close_and_leave_the_model_in_float32(trained_mlp, test32):
+    from robustkit.train import cpu_has_native_bf16
+
+    x, y = test32
+    a = explain.attribute(trained_mlp, x, y, method="saliency")
+    exact = explain.faithfulness(trained_mlp, x, y, a, steps=8, amp=False)
+    fast = explain.faithfulness(trained_mlp, x, y, a, steps=8, amp=True)
+    for mode in ("deletion", "insertion"):
+        assert fast[mode]["curve"] != exact[mode]["curve"]  # autocast really ran (bfloat16)
+        assert fast[mode]["auc"] == pytest.approx(exact[mode]["auc"], abs=0.02)
+        assert fast["random"][mode]["auc"] == pytest.approx(exact["random"][mode]["auc"], abs=0.02)
+    auto = explain.faithfulness(trained_mlp, x, y, a, steps=8)  # amp=None: where it pays
+    expected = fast if cpu_has_native_bf16() else exact
+    assert auto["deletion"]["curve"] == expected["deletion"]["curve"]
+    assert all(p.dtype == torch.float32 for p in trained_mlp.parameters())
+    assert not torch.is_autocast_enabled("cpu")
+
+
 def test_curves_start_and_end_where_the_definition_says(trained_mlp, test32):
     x, y = test32
-    r = explain.faithfulness(trained_mlp, x, y, "saliency", steps=4)
+    r = explain.faithfulness(trained_mlp, x, y, "saliency", steps=4, amp=False)
     with torch.no_grad():
         clean = trained_mlp(x).softmax(1).gather(1, y[:, None]).mean().item()
         blank = trained_mlp(torch.zeros_like(x)).softmax(1).gather(1, y[:, None]).mean().item()

@@ -173,6 +173,27 @@ def test_a_run_recorded_before_alignment_still_renders(run_dir, tmp_path):
     assert not list((old / "figures").glob("align*"))
 
 
+def test_examples_that_fool_nothing_are_said_so_not_given_sizes(run_dir, tmp_path):
+    import json
+    import shutil
+
+    robust = tmp_path / "robust"
+    shutil.copytree(run_dir, robust, ignore=shutil.ignore_patterns("figures", "index.html",
+                                                                   "README.md"))
+    results = json.loads((robust / "results.json").read_text())
+    shown = [r for r in results["records"] if r["kind"] == "examples"]
+    assert shown
+    for r in shown:  # what a robust model's records hold: nothing fooled, so no medians
+        r.update(success_rate=0.0, median_l2=None, median_linf=None, median_psnr=None,
+                 median_ssim=None)
+    (robust / "results.json").write_text(json.dumps(results))
+    render(robust)
+    page, markdown = (robust / "index.html").read_text(), (robust / "README.md").read_text()
+    assert "None of these images was fooled" in " ".join(page.split())  # whitespace folded
+    assert "none of the shown images was fooled" in markdown
+    assert "median L2 n/a" not in markdown and "Median L2 n/a" not in page
+
+
 def test_compare_puts_runs_side_by_side(run_dir, tmp_path):
     other = tmp_path / "other"
     other.mkdir()

@@ -182,7 +182,8 @@ class Report:
                           "figure": fig, "l2": fmt(r["median_l2"], percent=False, digits=3),
                           "psnr": fmt(r["median_psnr"], percent=False),
                           "ssim": fmt(r["median_ssim"], percent=False, digits=3),
-                          "success": fmt(r["success_rate"])})
+                          "success": fmt(r["success_rate"]),
+                          "fooled": r["median_l2"] is not None})
         minimal = []
         for r in of_kind(self.records, "minimal"):
             if r["seed"] != self.results["seeds"][0]:
