@@ -142,6 +142,38 @@ def test_batched_curves_equal_the_per_image_loop(batch_size, trained_mlp, test32
         assert torch.allclose(torch.tensor(r[mode]["auc_per_example"]), auc, atol=1e-5)
 
 
+def test_each_distinct_image_of_the_curves_runs_through_the_model_once(trained_mlp, test32):
+    """Curves share images (the whole image, the baseline, steps that move only background
+    pixels): the model sees each distinct image of an example once, and the curves still
+    match the definition."""
+    x, y = test32[0][:5], test32[1][:5]
+    a = explain.attribute(trained_mlp, x, y, method="saliency")
+    steps = 8
+    seen = []
+    hook = trained_mlp.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    try:
+        r = explain.faithfulness(trained_mlp, x, y, a, steps=steps, amp=False, seed=3)
+    finally:
+        hook.remove()
+    rows = torch.cat(seen[1:])  # the first pass is the probe's
+    noise = torch.rand(5, 28 * 28, generator=torch.Generator().manual_seed(3))
+    images = []
+    for relevance in (a.sum(1).flatten(1), noise):
+        for i in range(5):
+            order = relevance[i].argsort(descending=True, stable=True)
+            for k in range(steps + 1):
+                moved = torch.zeros(28 * 28, dtype=torch.bool)
+                moved[order[:round(k / steps * 28 * 28)]] = True
+                moved = moved.view(1, 28, 28)
+                for img in (torch.where(moved, 0.0, x[i]), torch.where(moved, x[i], 0.0)):
+                    images.append(torch.cat([img.flatten(), torch.tensor([float(i)])]))
+    distinct = len(torch.unique(torch.stack(images), dim=0))
+    assert len(rows) == distinct < len(images)  # 2 rankings x 2 modes x 9 steps x 5 images
+    hand = curves_by_hand(trained_mlp, x, y, a, steps, 0.0)
+    assert torch.allclose(torch.tensor(r["deletion"]["curve"]), hand["deletion"].mean(0),
+                          atol=1e-5)
+
+
 def test_mixed_precision_curves_stay_close_and_leave_the_model_in_float32(trained_mlp, test32):
     from robustkit.train import cpu_has_native_bf16
 

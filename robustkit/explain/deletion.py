@@ -8,10 +8,11 @@ class: a faithful map makes it fall fast (low area under the curve). Insertion s
 from the baseline and puts pixels back, most relevant first: the probability should rise
 fast (high area). The same curves for random rankings give the floor to beat.
 
-Curves are batched: the perturbed images of every (curve, step, image) triple are built
-by indexing and evaluated in passes of as many rows as the memory budget allows, instead
-of one forward pass per image and step, with channels-last images and weights
-(:func:`robustkit.models.layout.channels_last`).
+Curves are batched: the perturbed images of every (ranking, curve, step, image) are
+built by indexing and evaluated in passes of as many rows as the memory budget allows,
+instead of one forward pass per image and step, with channels-last images and weights
+(:func:`robustkit.models.layout.channels_last`); an image that several curves share (the
+whole image, the baseline, a step that moved only background pixels) is evaluated once.
 
 Example:
     >>> a = attribute(model, x, y, method="integrated_gradients")      # doctest: +SKIP
@@ -110,9 +111,8 @@ def faithfulness(model: nn.Module, x: Tensor, target: Target, attributions: Tens
         rows = batch_size or rows_per_pass(found, dev)
         dtype = amp_dtype_for(dev, amp)
         with torch.autocast(dev.type, dtype=dtype) if dtype else nullcontext():
-            scored = {name: _curves(model, xs, t, ranking, counts.to(dev), modes, base, rows,
-                                    score) for name, ranking in (("ours", relevance),
-                                                                 ("random", noise))}
+            grid = _curves(model, xs, t, torch.stack([relevance, noise]), counts.to(dev),
+                           modes, base, rows, score)  # (2, M, S, N): ours, then random
 
     def summary(curves: Tensor) -> dict[str, Any]:  # (N, steps + 1) -> numbers
         auc = torch.trapezoid(curves, fractions, dim=1)  # (N,)
@@ -120,37 +120,57 @@ def faithfulness(model: nn.Module, x: Tensor, target: Target, attributions: Tens
                 "auc_per_example": auc.tolist()}
 
     result: dict[str, Any] = {"fractions": fractions.tolist(), "score": score}
-    result.update({m: summary(scored["ours"][m]) for m in modes})
-    result["random"] = {m: summary(scored["random"][m]) for m in modes}
+    result.update({m: summary(grid[0, k].T) for k, m in enumerate(modes)})
+    result["random"] = {m: summary(grid[1, k].T) for k, m in enumerate(modes)}
     return result
 
 
 @torch.no_grad()
-def _curves(model: nn.Module, x: Tensor, target: Tensor, relevance: Tensor, counts: Tensor,
-            modes: tuple[str, ...], base: Tensor, rows: int, score: str) -> dict[str, Tensor]:
-    """Scores (N, S) per mode, for S = len(counts) steps, in passes of ``rows`` images.
+def _curves(model: nn.Module, x: Tensor, target: Tensor, rankings: Tensor, counts: Tensor,
+            modes: tuple[str, ...], base: Tensor, rows: int, score: str) -> Tensor:
+    """Scores (R, M, S, N) for R rankings (R, N, H*W), M modes and S = len(counts) steps.
 
-    Row r of the flattened (mode, step, image) grid shows image ``x[i]`` where the pixel's
-    rank among the most relevant is below ``counts[s]`` (insertion) or not (deletion), and
-    the baseline elsewhere.
+    Row (r, m, s, i) shows image ``x[i]`` where the pixel's rank under ranking r is below
+    ``counts[s]`` (insertion) or not (deletion), and the baseline elsewhere. Rows that
+    show the same image are evaluated once, in passes of ``rows`` images: every curve
+    starts or ends at the whole image and at the baseline, and a step that moves only
+    pixels already equal to the baseline (an MNIST digit's background) changes nothing.
+    Such an image is known by how many of the pixels that differ from the baseline it
+    shows: the top ones of its ranking (insertion) or all but those (deletion).
     """
     n, _, h, w = x.shape
-    s = len(counts)
-    order = relevance.to(x.device).argsort(dim=1, descending=True, stable=True)
+    nr, nm, ns = len(rankings), len(modes), len(counts)
+    dev = x.device
+    order = rankings.to(dev).argsort(dim=2, descending=True, stable=True)  # (R, N, H*W)
     rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(h * w, device=x.device).expand(n, -1))  # (N, H*W), 0 = top
-    inserting = torch.tensor([m == "insertion" for m in modes], device=x.device)
-    out = torch.empty(len(modes) * s * n, device=x.device)
-    for part in chunks(len(out), rows):
-        r = torch.arange(part.start, part.stop, device=x.device)
-        m, step, i = r // (s * n), (r // n) % s, r % n
-        top = rank[i] < counts[step][:, None]  # (B, H*W): among the pixels moved so far
+        2, order, torch.arange(h * w, device=dev).expand_as(order))  # 0 = most relevant
+    differs = (x != base).any(1).flatten(1)  # (N, H*W): pixels that change the image
+    total = differs.sum(1)  # (N,)
+    ranked = differs.expand(nr, -1, -1).gather(2, order).long()  # (R, N, H*W), rank order
+    zero = torch.zeros(nr, n, 1, dtype=torch.long, device=dev)
+    among_top = torch.cat([zero, ranked.cumsum(2)], 2)[..., counts].transpose(1, 2)  # (R, S, N)
+    inserting = torch.tensor([m == "insertion" for m in modes], device=dev)
+    shown = torch.where(inserting.view(1, nm, 1, 1), among_top[:, None],
+                        total - among_top[:, None])  # (R, M, S, N) differing pixels shown
+    i = torch.arange(n, device=dev).expand_as(shown)
+    group = (torch.arange(nr * nm, device=dev).view(nr, nm, 1, 1) * n + i) * (h * w + 1)
+    key = torch.where(shown == total, i,  # the whole image x[i]
+                      torch.where(shown == 0, n + i,  # the baseline (scored for x[i]'s target)
+                                  2 * n + group + shown)).flatten()
+    unique, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((len(unique),), len(key), device=dev).scatter_reduce_(
+        0, inverse, torch.arange(len(key), device=dev), "amin")  # one row per image
+    values = torch.empty(len(unique), device=dev)
+    for part in chunks(len(first), rows):
+        flat = first[part]
+        r, m = flat // (nm * ns * n), (flat // (ns * n)) % nm
+        step, img = (flat // n) % ns, flat % n
+        top = rank[r, img] < counts[step][:, None]  # (B, H*W): among the pixels moved so far
         show = (top == inserting[m][:, None]).view(-1, 1, h, w)
-        logits = model(nhwc(torch.where(show, x[i], base[i])))  # (B, K)
-        values = logits.float().softmax(1) if score == "probability" else logits.float()
-        out[part] = values.gather(1, target[i][:, None]).squeeze(1)
-    grid = out.view(len(modes), s, n).cpu()
-    return {name: grid[k].T for k, name in enumerate(modes)}  # (N, S) per mode
+        logits = model(nhwc(torch.where(show, x[img], base[img])))  # (B, K)
+        scores = logits.float().softmax(1) if score == "probability" else logits.float()
+        values[part] = scores.gather(1, target[img][:, None]).squeeze(1)
+    return values[inverse].view(nr, nm, ns, n).cpu()
 
 
 def faithfulness_table(results: dict[str, dict[str, Any]],
