@@ -68,3 +68,29 @@ def test_models_without_4d_weights_and_nhwc_on_other_ranks():
     assert all(storage(mlp)[k][:2] == v[:2] for k, v in before.items())
     flat = torch.rand(3, 784)
     assert nhwc(flat) is flat
+
+
+class ViewsItsWeight(nn.Module):
+    """A custom layer that flattens its 4-D weight with ``.view`` (weight standardization
+    written this way): channels-last strides would break it, so it must be left alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 1, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.view(4, -1)
+        w = (w - w.mean(1, keepdim=True)).view_as(self.weight)
+        return torch.nn.functional.conv2d(x, w)
+
+
+def test_only_plain_convolutions_change_layout():
+    torch.manual_seed(0)
+    model = nn.Sequential(ViewsItsWeight(), nn.Conv2d(4, 2, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        plain = model(x)
+        with channels_last(model):
+            assert model[0].weight.is_contiguous()  # the custom layer's weight: untouched
+            assert model[1].weight.stride()[1] == 1  # the plain Conv2d's: channels-last
+            assert torch.allclose(model(nhwc(x)), plain, atol=1e-6)

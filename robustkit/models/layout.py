@@ -1,4 +1,4 @@
-"""Channels-last weights for the length of an inference block, given back as they were.
+"""Channels-last convolution weights for an inference block, given back as they were.
 
 Convolutions on the CPU (oneDNN) and on CUDA tensor cores run fastest when both the
 images and the 4-D weights are stored channels-last (NHWC). Converting only the images
@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,15 +32,19 @@ def channels_last(model: nn.Module) -> Iterator[nn.Module]:
 
     Meant for inference (forward passes under ``torch.no_grad``). On exit each converted
     tensor gets its original storage back, with the block's in-place changes copied in.
+    Only the weights of plain ``nn.Conv2d`` modules change layout: a custom layer might
+    ``.view`` its 4-D weight, which fails on channels-last strides.
 
     Every 4-D tensor is restrided, even one that ``is_contiguous`` in both formats: a
     one-channel kernel (C_in = 1) that keeps its contiguous strides makes the convolution
     choose the contiguous layout, and every layer after it inherits that (measured: the
     alexnet's passes then took 1.4x as long).
     """
-    saved: list[tuple[Tensor, Tensor]] = []  # (the parameter or buffer, its original data)
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.ndim == 4 and t.stride() != _nhwc_strides(t):
+    saved: list[tuple[Tensor, Tensor]] = []  # (the weight, its original data)
+    seen: set[int] = set()
+    for t in _conv_weights(model):
+        if id(t) not in seen and t.stride() != _nhwc_strides(t):
+            seen.add(id(t))
             saved.append((t, t.data))
             t.data = torch.empty_like(t.data, memory_format=torch.channels_last).copy_(t.data)
     try:
@@ -51,6 +54,14 @@ def channels_last(model: nn.Module) -> Iterator[nn.Module]:
             for t, original in saved:
                 original.copy_(t.data)
                 t.data = original
+
+
+def _conv_weights(model: nn.Module) -> Iterator[Tensor]:
+    """The 4-D weights of the model's plain ``nn.Conv2d`` modules (not subclasses, whose
+    forward may use the weight in other ways)."""
+    for m in model.modules():
+        if type(m) is nn.Conv2d and m.weight is not None and m.weight.ndim == 4:
+            yield m.weight
 
 
 def _nhwc_strides(t: Tensor) -> tuple[int, ...]:
