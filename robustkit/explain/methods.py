@@ -214,8 +214,8 @@ def occlusion(model: nn.Module, x: Tensor, target: Tensor, *, rows: int, probe: 
             positions *= max(1, (size - win) // step + 1)
         copy_bytes = x[0].numel() * x.element_size() * len(x)  # one copy of every example
         perturbations_per_eval = max(1, min(positions, budget_bytes(x.device) // copy_bytes))
-    forward = SkipUnchanged(model, x, rows)
     with channels_last(model):
+        forward = SkipUnchanged(model, x, rows)  # its cached pass in the same layout
         return Occlusion(forward).attribute(
             x, sliding_window_shapes=window, strides=stride, baselines=baselines,
             target=target, perturbations_per_eval=perturbations_per_eval)
