@@ -204,6 +204,153 @@ def test_compare_puts_runs_side_by_side(run_dir, tmp_path):
     assert (tmp_path / "cmp" / "README.md").exists()
 
 
+def _compare_copy(run_dir, dest, edit):
+    """``run_dir``'s results.json in ``dest``, its records changed in place by ``edit``."""
+    import json
+
+    dest.mkdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    edit(results)
+    (dest / "results.json").write_text(json.dumps(results))
+    return results["records"]
+
+
+def _md_tables_keep_their_columns(markdown):
+    """Every row of every Markdown table has its header's number of unescaped pipes."""
+    columns = None
+    for line in markdown.splitlines():
+        pipes = len(re.findall(r"(?<!\\)\|", line))
+        if not line.startswith("|"):
+            columns = None
+        elif columns is None:
+            columns = pipes
+        else:
+            assert pipes == columns, line
+
+
+def test_compare_shows_validity_explanations_sanity_and_transfer(run_dir, tmp_path):
+    import html
+    import json
+
+    from robustkit.report.render import md_cell
+    from robustkit.report.results import fmt
+
+    pipe = "lo|gistic"  # a model name that would break a Markdown table
+
+    def edit(results):
+        results["experiment"] = "second"
+        for r in results["records"]:
+            for key in ("model", "source"):
+                if r.get(key) == "logistic":
+                    r[key] = pipe
+            r.pop("alignment", None)  # as recorded before alignment existed
+            if r["kind"] == "explain" and r["model"] == EVIL and r["method"] == "saliency":
+                r["faithfulness"]["deletion"]["auc"] = 0.123456
+            if r["kind"] == "validity" and r["model"] == pipe:
+                r["checks"][0]["passed"] = False
+            if r["kind"] == "sanity" and r["model"] == EVIL:
+                r["table"]["saliency"][-1]["spearman_abs"] = 0.4567
+            if r["kind"] == "transfer":
+                for row in r["rows"]:
+                    for table in ("accuracy", "success"):
+                        row[table] = {pipe if t == "logistic" else t: v
+                                      for t, v in row[table].items()}
+                    if r["source"] == pipe:
+                        row["accuracy"][EVIL] = 0.4321
+
+    ours = json.loads((run_dir / "results.json").read_text())["records"]
+    theirs = _compare_copy(run_dir, tmp_path / "second", edit)
+    page = compare([run_dir, tmp_path / "second"], tmp_path / "cmp").read_text()
+    markdown = (tmp_path / "cmp" / "README.md").read_text()
+    evil = html.escape(EVIL, quote=False)
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert EVIL not in markdown and "&lt;script&gt;" in markdown
+    assert f"| {md_cell(pipe)} |" in markdown
+    _md_tables_keep_their_columns(markdown)
+    for section in ("validity", "explanations", "sanity", "transfer"):
+        assert f'id="{section}"' in page, section
+
+    def rows(html_cells, md_cells):
+        assert "<tr>" + "".join(html_cells) + "</tr>" in page, html_cells
+        md = "| " + " | ".join(md_cells) + " |"
+        assert md in markdown, md
+
+    # Validity: the failed check is counted and named, in the run where it failed only.
+    for label, records, model in (("report-test", ours, "logistic"), ("second", theirs, pipe)):
+        checks = [c for r in records if r["kind"] == "validity" and r["model"] == model
+                  for c in r["checks"]]
+        passed = sum(c["passed"] is True for c in checks)
+        skipped = sum(c["passed"] is None for c in checks)
+        failed = [c["name"] for c in checks if c["passed"] is False]
+        assert label == "report-test" or checks[0]["name"] in failed
+        rows([f"<td>{label}</td>", f'<td class="text">{model}</td>', "<td>1</td>",
+              f'<td class="pass">{passed}</td>',
+              f'<td class="fail">{len(failed)}</td>' if failed else "<td>0</td>",
+              f"<td>{skipped}</td>", f'<td class="text">{", ".join(failed)}</td>'],
+             [label, md_cell(model), "1", str(passed), f"**{len(failed)}**" if failed else "0",
+              str(skipped), ", ".join(failed)])
+    # Explanations: faithfulness beside its random baseline; alignment where recorded.
+    for label, records in (("report-test", ours), ("second", theirs)):
+        r = next(r for r in records if r["kind"] == "explain" and r["model"] == EVIL
+                 and r["method"] == "saliency")
+        f = r["faithfulness"]
+        cells = [fmt(v, percent=False, digits=3) for v in (
+            f["deletion"]["auc"], f["deletion"]["random_auc"], f["insertion"]["auc"],
+            f["insertion"]["random_auc"])]
+        cells += ([fmt(r["alignment"][m], percent=False, digits=3)
+                   for m in ("spearman", "ink_share", "area_share")]
+                  if label == "report-test" else ["", "", ""])
+        assert label == "report-test" or cells[0] == "0.123"
+        rows([f"<td>{label}</td>", f'<td class="text">{evil}</td>',
+              '<td class="text">saliency</td>'] + [f"<td>{c}</td>" for c in cells],
+             [label, md_cell(evil), "saliency"] + cells)
+    # Sanity: the last row of the cascade, every layer randomized.
+    for label, records in (("report-test", ours), ("second", theirs)):
+        last = next(r for r in records if r["kind"] == "sanity" and r["model"] == EVIL
+                    )["table"]["saliency"][-1]
+        value = fmt(last["spearman_abs"], percent=False, digits=3)
+        assert label == "report-test" or value == "0.457"
+        rows([f"<td>{label}</td>", f'<td class="text">{evil}</td>',
+              '<td class="text">saliency</td>', f'<td class="text">{last["layer"]}</td>',
+              f"<td>{value}</td>"],
+             [label, md_cell(evil), "saliency", last["layer"], value])
+    # Transfer: each run's own pairs only; the other run's model names stay empty.
+    source = next(r for r in theirs if r["kind"] == "transfer" and r["source"] == pipe)
+    own = fmt(next(row for row in source["rows"] if row["eps"] == 0.1)["accuracy"][pipe])
+    assert ('<th>eps 0.1: run</th><th class="text">source \\ target</th>'
+            f'<th class="text">attack</th><th>logistic</th><th>{evil}</th><th>{pipe}</th></tr>'
+            ) in page
+    rows(["<td>second</td>", f'<td class="text">{pipe}</td>',
+          f'<td class="text">{source["attack"]}</td>', "<td></td>", "<td>43.2</td>",
+          f'<td class="wb">{own}</td>'],
+         ["second", md_cell(pipe), source["attack"], "", "43.2", f"**{own}**"])
+
+
+def test_compare_of_runs_recorded_before_alignment(run_dir, tmp_path):
+    def old(results):
+        for r in results["records"]:
+            r.pop("alignment", None)
+            r.pop("alignment_adv", None)
+
+    def bare(results):  # models and attacks only
+        old(results)
+        results["experiment"] = "bare"
+        results["records"] = [r for r in results["records"] if r["kind"] in ("model", "attack")]
+
+    _compare_copy(run_dir, tmp_path / "old", old)
+    _compare_copy(run_dir, tmp_path / "bare", bare)
+    page = compare([tmp_path / "old", tmp_path / "bare"], tmp_path / "cmp").read_text()
+    markdown = (tmp_path / "cmp" / "README.md").read_text()
+    assert 'id="explanations"' in page and "deletion AUC" in markdown
+    assert "Spearman(|map|" not in page and "Spearman(\\|map\\|" not in markdown
+    assert 'id="validity"' in page and 'id="transfer"' in page
+    assert "| bare |" in markdown and "| report-test |" in markdown
+    _md_tables_keep_their_columns(markdown)
+    page = compare([tmp_path / "bare", tmp_path / "bare"], tmp_path / "cmp2").read_text()
+    for section in ("validity", "explanations", "sanity", "transfer"):
+        assert f'id="{section}"' not in page, section
+
+
 def test_report_opens_in_a_browser_without_errors(run_dir, chromium):
     from robustkit.report.browser import check_page
 

@@ -8,16 +8,20 @@ from typing import Any
 
 from robustkit.errors import RobustkitError
 from robustkit.experiment.store import write_atomic
+from robustkit.report import compare_sections as sections
 from robustkit.report import figures
 from robustkit.report.render import _HTML, _MD, slug
-from robustkit.report.results import by, fmt, load, mean_std, of_kind
+from robustkit.report.results import fmt, load
 
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Write ``index.html`` and ``README.md`` comparing the runs' models and robustness.
+    """Write ``index.html`` and ``README.md`` comparing the runs section by section.
 
-    Models are named ``run: model``; an attack's curves are drawn together when the runs
-    used the same attack name. Nothing is recomputed.
+    Models are named ``run: model``. Shown side by side: models (clean accuracy),
+    robustness curves (drawn together when the runs used the same attack name),
+    validity checks, explanations (faithfulness and perceptual alignment), sanity checks
+    and transfer within each run; a section appears when any run has records for it.
+    Only the runs' ``results.json`` is read: nothing is recomputed.
 
     Args:
         run_dirs: two or more run folders (each with ``results.json``).
@@ -39,17 +43,19 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
             name = str(d)
         runs[name] = loaded["results"]["records"]
     out = Path(out)
-    rows, curves = [], {}
-    for run, records in runs.items():
-        for (model,), recs in by(of_kind(records, "model"), "model").items():
-            rows.append({"run": run, "model": model, "arch": recs[0]["arch"],
-                         "parameters": recs[0]["parameters"],
-                         "accuracy": fmt(*mean_std(r["clean_accuracy"] for r in recs))})
-        for (attack, model), recs in by(of_kind(records, "attack"), "attack", "model").items():
-            eps = sorted({r["eps"] for r in recs})
-            curves.setdefault(attack, {})[f"{run}: {model}"] = [
-                (e, *mean_std(r["robust_accuracy"] for r in recs if r["eps"] == e)) for e in eps]
-    robustness: list[dict[str, Any]] = []
+    context = {"runs": list(runs), "rows": sections.models(runs),
+               "robustness": _robustness(sections.curves(runs), out),
+               "validity": sections.validity(runs), "explanations": sections.explanations(runs),
+               "sanity": sections.sanity(runs), "transfer": sections.transfer(runs)}
+    write_atomic(out / "index.html",
+                 _HTML.get_template("compare.html.j2").render(**context).encode())
+    write_atomic(out / "README.md", _MD.get_template("compare.md.j2").render(**context).encode())
+    return out / "index.html"
+
+
+def _robustness(curves: dict[str, dict[str, list]], out: Path) -> list[dict[str, Any]]:
+    """Draw each attack's curves of every run into one figure; their table beside it."""
+    robustness = []
     for attack, series in curves.items():
         name = slug("compare", attack)
         figures.line_chart(series, out / "figures" / name, xlabel="eps",
@@ -58,8 +64,4 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         robustness.append({"attack": attack, "figure": f"figures/{name}", "eps": eps, "rows": [
             {"model": label, "cells": [next((fmt(m, s) for e2, m, s in pts if e2 == e), "")
                                        for e in eps]} for label, pts in series.items()]})
-    context = {"runs": list(runs), "rows": rows, "robustness": robustness}
-    write_atomic(out / "index.html",
-                 _HTML.get_template("compare.html.j2").render(**context).encode())
-    write_atomic(out / "README.md", _MD.get_template("compare.md.j2").render(**context).encode())
-    return out / "index.html"
+    return robustness
