@@ -122,8 +122,9 @@ def curves_by_hand(model, x, y, relevance, steps, baseline):
                 moved = torch.zeros(h * w, dtype=torch.bool)
                 moved[order[:round(s / steps * h * w)]] = True
                 moved = moved.view(1, h, w)
-                deleted = torch.where(moved, torch.full_like(x[i], baseline), x[i])
-                inserted = torch.where(moved, x[i], torch.full_like(x[i], baseline))
+                base = baseline[i] if torch.is_tensor(baseline) else torch.full_like(x[i], baseline)
+                deleted = torch.where(moved, base, x[i])
+                inserted = torch.where(moved, x[i], base)
                 for mode, img in (("deletion", deleted), ("insertion", inserted)):
                     out[mode][i, s] = model(img[None]).softmax(1)[0, y[i]]
     return out
@@ -140,6 +141,18 @@ def test_batched_curves_equal_the_per_image_loop(batch_size, trained_mlp, test32
         assert torch.allclose(torch.tensor(r[mode]["curve"]), hand[mode].mean(0), atol=1e-5)
         auc = torch.trapezoid(hand[mode], torch.linspace(0, 1, 9), dim=1)
         assert torch.allclose(torch.tensor(r[mode]["auc_per_example"]), auc, atol=1e-5)
+
+
+def test_a_baseline_per_image_gives_the_curves_of_the_definition(trained_mlp, test32):
+    """Petsiuk et al. insert into a blurred copy: a baseline tensor, one image each, that
+    differs from x almost everywhere (few shared images to skip)."""
+    x, y = test32[0][:6], test32[1][:6]
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2)  # (6, 1, 28, 28)
+    a = explain.attribute(trained_mlp, x, y, method="saliency")
+    r = explain.faithfulness(trained_mlp, x, y, a, steps=6, baseline=blurred, amp=False)
+    hand = curves_by_hand(trained_mlp, x, y, a, 6, blurred)
+    for mode in ("deletion", "insertion"):
+        assert torch.allclose(torch.tensor(r[mode]["curve"]), hand[mode].mean(0), atol=1e-5)
 
 
 def test_each_distinct_image_of_the_curves_runs_through_the_model_once(trained_mlp, test32):
