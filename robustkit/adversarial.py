@@ -265,6 +265,17 @@ class Guard:
         self._weights: dict[str, Tensor] | None = None
         self._optimizer: dict[str, Any] | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's memory (best probe accuracy, last good epoch, weights and optimizer
+        state), for :mod:`robustkit.snapshot`."""
+        return {"best": self.best, "good_epoch": self.good_epoch, "weights": self._weights,
+                "optimizer": self._optimizer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned."""
+        self.best, self.good_epoch = state["best"], state["good_epoch"]
+        self._weights, self._optimizer = state["weights"], state["optimizer"]
+
     def check(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int
               ) -> tuple[float, dict[str, Any] | None]:
         """Probe the model after ``epoch``; on a collapse restore the last good state.

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from collections.abc import Sequence
 
 from robustkit.errors import RobustkitError
@@ -108,7 +109,6 @@ def _write_json(path: str | None, payload: dict) -> None:
     if not path:
         return
     import os
-    from pathlib import Path
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adv-norm", choices=["linf", "l2"], help="with --adversarial (default linf)")
     p.add_argument("--adv-steps", type=int, help="with --adversarial: inner attack steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore OUT.resume (the training state an interrupted run left) and "
+                        "start over")
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.set_defaults(func=cmd_train)
 
@@ -285,9 +288,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"adversarial training: {json.dumps(describe(adversarial))}", flush=True)
     if args.eval_every < 0:
         raise RobustkitError(f"--eval-every must be >= 0, got {args.eval_every}")
+    # The training state after each epoch: a killed run started again goes on from it.
+    resume = Path(f"{args.out}.resume")
+    if args.fresh:
+        resume.unlink(missing_ok=True)
     history = fit(model, train, test, config=cfg, device=args.device, seed=args.seed,
                   amp={"auto": None, "on": True, "off": False}[args.amp],
-                  eval_every=args.eval_every, quiet=args.quiet, adversarial=adversarial)
+                  eval_every=args.eval_every, quiet=args.quiet, adversarial=adversarial,
+                  resume=resume)
     acc = history.final_test_accuracy
     models.save(
         model, args.out,
@@ -296,6 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=history.device, amp=history.amp, train_seconds=history.seconds,
         history=history.epochs, **checkpoint_metadata(history),
     )
+    resume.unlink(missing_ok=True)
     if args.quiet:
         for e in history.epochs:
             test_txt = (f"  test acc {e['test_accuracy']:.4f}"
@@ -429,8 +438,6 @@ def cmd_validity(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from robustkit import models
     from robustkit.device import pick_device
     from robustkit.transfer import transfer_matrix

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from robustkit.adversarial import AdversarialLoss, Guard, as_config, describe
 from robustkit.config import AdversarialConfig, TrainConfig
 from robustkit.device import pick_device
 from robustkit.errors import RobustkitError
+from robustkit import snapshot
 from robustkit.models.layout import channels_last, nhwc
 
 Split = tuple[torch.Tensor, torch.Tensor] | TensorDataset
@@ -207,6 +210,7 @@ def fit(
     eval_every: int = 1,
     quiet: bool = False,
     adversarial: AdversarialConfig | dict[str, Any] | None = None,
+    resume: str | Path | None = None,
 ) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
@@ -231,6 +235,10 @@ def fit(
             ``{"method": "pgd", "eps": 0.3}``. None (default) trains on clean images. With
             its guard on, ``guard_size`` stratified, seeded training images are held out of
             training to watch for catastrophic overfitting.
+        resume: a file for the training state (:mod:`robustkit.snapshot`), written after
+            every epoch. If it exists, training goes on after its epoch (same configuration
+            required) and ends as an uninterrupted run would; the caller deletes it once
+            the model is saved.
 
     Returns:
         A :class:`History`. The model ends in eval mode, on ``device``.
@@ -290,11 +298,31 @@ def fit(
         if held_out is not None:
             guard = Guard(adv, held_out[0].to(dev), held_out[1].to(dev), seed=seed)
             history.held_out = len(held_out[1])
-    bar = tqdm(total=cfg.epochs * len(loader), disable=quiet, unit="batch", leave=False,
-               desc="train")
-    step = 0  # optimizer steps so far
+    done, step, stopped = 0, 0, False  # epochs and optimizer steps so far
+    if resume is not None:
+        fingerprint = _fingerprint(model, cfg, adv, seed, train_ds, test_ds, amp_dtype)
+        state = snapshot.load(resume, fingerprint)
+        if state is not None:
+            done, step, stopped = state["epoch"], state["step"], state["stopped"]
+            history = History(**state["history"])
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"])
+            gen.set_state(state["generator"])
+            if dev.type == "cuda" and state["rng_cuda"] is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"], dev)
+            if adv_loss is not None:
+                adv_loss.generator.set_state(state["adversarial_generator"])
+            if guard is not None:
+                guard.load_state_dict(state["guard"])
+            if not quiet:
+                print(f"resuming from {resume}: {done} of {cfg.epochs} epochs done", flush=True)
+    bar = tqdm(total=cfg.epochs * len(loader), initial=done * len(loader), disable=quiet,
+               unit="batch", leave=False, desc="train")
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(done + 1, (done if stopped else cfg.epochs) + 1):
             start = time.perf_counter()
             model.train()
             total_loss = torch.zeros((), device=dev)
@@ -355,6 +383,17 @@ def fit(
                 bar.write(f"epoch {epoch:3d}/{cfg.epochs}  loss {record['loss']:.4f}  "
                           f"train acc {record['train_accuracy']:.4f}{guard_txt}{test_txt}  "
                           f"{record['seconds']:.1f}s")
+            if resume is not None:
+                snapshot.save(resume, {
+                    "fingerprint": fingerprint, "epoch": epoch, "step": step, "stopped": stop,
+                    "history": dataclasses.asdict(history), "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                    "generator": gen.get_state(),
+                    "adversarial_generator": (adv_loss.generator.get_state()
+                                              if adv_loss is not None else None),
+                    "guard": guard.state_dict() if guard is not None else None})
             if stop:
                 break
     finally:
@@ -362,6 +401,17 @@ def fit(
         model.eval()
         opt.zero_grad(set_to_none=True)
     return history
+
+
+def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | None, seed: int,
+                 train_ds: TensorDataset, test_ds: TensorDataset | None,
+                 amp_dtype: torch.dtype | None) -> dict[str, Any]:
+    """What must match for a stored training state to be resumed, as plain JSON values."""
+    return json.loads(json.dumps({
+        "training": dataclasses.asdict(cfg), "adversarial": describe(adv) if adv else None,
+        "seed": seed, "train_size": len(train_ds), "test_size": len(test_ds) if test_ds else 0,
+        "amp": str(amp_dtype), "model": type(model).__name__,
+        "shapes": [[k, list(v.shape)] for k, v in model.state_dict().items()]}))
 
 
 def _hold_out(ds: TensorDataset, n: int, seed: int

@@ -186,3 +186,50 @@ def test_sigkill_at_any_moment_then_resume_gives_the_same_results(uninterrupted,
     assert "report:" in done.stdout
     assert _comparable(out / "results.json") == _comparable(uninterrupted / "results.json")
     assert not list(out.rglob(".*.tmp"))  # no half-written file survives
+
+
+def test_a_run_killed_during_training_goes_on_from_the_last_epoch(tmp_path, monkeypatch):
+    """Training is the longest unit: a run interrupted inside it resumes from the training
+    state of the last finished epoch (robustkit.snapshot), to the same results."""
+    from robustkit import snapshot
+
+    text = """
+name = "resumable"
+seeds = [0]
+n_test = 40
+
+[[models]]
+name = "small"
+arch = "mlp"
+options = { hidden = [16], dropout = 0.2 }
+train = { epochs = 3, augment = "shift" }
+train_size = 300
+
+[[attacks]]
+attack = "fgsm"
+eps = [0.1]
+"""
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    cfg = write(tmp_path, text)
+    run(cfg, tmp_path / "whole", progress=False, render=False)
+
+    real, epochs = snapshot.save, []
+
+    def save_then_die(path, state):
+        real(path, state)
+        epochs.append(state["epoch"])
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(snapshot, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, tmp_path / "cut", progress=False, render=False)
+    assert epochs == [1, 2] and list((tmp_path / "cut" / "models").glob("*.resume"))
+    trained = []
+    monkeypatch.setattr(snapshot, "save", lambda path, state: (trained.append(state["epoch"]),
+                                                               real(path, state)))
+    run(cfg, tmp_path / "cut", progress=False, render=False)
+    assert trained == [3]  # only the epoch the interruption cost
+    assert not list((tmp_path / "cut" / "models").glob("*.resume"))
+    assert _comparable(tmp_path / "cut" / "results.json") == \
+        _comparable(tmp_path / "whole" / "results.json")

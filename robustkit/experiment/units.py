@@ -55,12 +55,16 @@ def train(planner: Planner, entry: ModelEntry, seed: int) -> Result:
         model = models.create(entry.architecture, ds.in_shape, ds.num_classes, ds.mean,
                               ds.std, **entry.options)
         # Adversarial entries train on adversarial examples (None: clean images).
+        # A run killed during training goes on from the last finished epoch.
+        resume = path.with_name(f"{path.name}.resume")
         history = fit(model, train_set, planner.test_set(), config=tc, device=cfg.device,
-                      seed=seed, quiet=True, adversarial=adversarial_config(entry))
+                      seed=seed, quiet=True, adversarial=adversarial_config(entry),
+                      resume=resume)
         models.save(model, path, dataset=cfg.dataset, train_size=len(train_set[1]), seed=seed,
                     training=dataclasses.asdict(tc), train_seconds=history.seconds,
                     device=history.device, amp=history.amp, history=history.epochs,
                     **checkpoint_metadata(history))
+        resume.unlink(missing_ok=True)
     model = planner.model(entry.name, seed)
     x, y = planner.test_set()
     meta = model.robustkit_metadata
