@@ -237,6 +237,22 @@ def guard_accuracy(model: nn.Module, x: Tensor, y: Tensor, cfg: AdversarialConfi
     return (clean_ok & adv_ok).float().mean().item()
 
 
+def single_step_accuracy(model: nn.Module, x: Tensor, y: Tensor, cfg: AdversarialConfig
+                         ) -> float:
+    """Accuracy of ``model`` on held-out images under one full step of size eps from the
+    image itself (FGSM for Linf): beside :func:`guard_accuracy`, a large gap is the
+    signature of catastrophic overfitting (Wong et al. 2020)."""
+    from robustkit.attacks import pgd
+
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    x_adv = pgd(model, x, y, eps=cfg.eps, steps=1, alpha=cfg.eps, random_start=False,
+                norm=cfg.norm)
+    with torch.no_grad():
+        adv_ok = model(x_adv).argmax(1) == y
+    return (clean_ok & adv_ok).float().mean().item()
+
+
 class Guard:
     """Catastrophic-overfitting guard: probe after every epoch, restore on a collapse.
 
@@ -262,6 +278,8 @@ class Guard:
         self.seed = seed
         self.best: float | None = None
         self.good_epoch: int | None = None
+        self.single_step: float | None = None  # the last epoch's single-step accuracy
+        self.signature: int | None = None  # the epoch the overfitting signature showed
         self._weights: dict[str, Tensor] | None = None
         self._optimizer: dict[str, Any] | None = None
 
@@ -269,12 +287,13 @@ class Guard:
         """The guard's memory (best probe accuracy, last good epoch, weights and optimizer
         state), for :mod:`robustkit.snapshot`."""
         return {"best": self.best, "good_epoch": self.good_epoch, "weights": self._weights,
-                "optimizer": self._optimizer}
+                "optimizer": self._optimizer, "signature": self.signature}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take back what :meth:`state_dict` returned."""
         self.best, self.good_epoch = state["best"], state["good_epoch"]
         self._weights, self._optimizer = state["weights"], state["optimizer"]
+        self.signature = state["signature"]
 
     def check(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int
               ) -> tuple[float, dict[str, Any] | None]:
@@ -285,6 +304,18 @@ class Guard:
         or None when the epoch is good.
         """
         acc = guard_accuracy(model, self.x, self.y, self.cfg, self.seed)
+        self.single_step = single_step_accuracy(model, self.x, self.y, self.cfg)
+        if self.signature is None and self.single_step - acc > self.cfg.guard_gap:
+            self.signature = epoch
+            peak = (f"its best so far is {self.best:.3f} (epoch {self.good_epoch})"
+                    if self.best is not None else "this is its first probe")
+            warnings.warn(
+                f"adversarial training ({self.cfg.method}): after epoch {epoch} the "
+                f"{len(self.y)} held-out training images resist a single step "
+                f"({self.single_step:.3f}) far better than PGD ({acc:.3f}): the signature of "
+                f"catastrophic overfitting (Wong et al. 2020). PGD accuracy is what counts; "
+                f"{peak}. Multi-step training (method='pgd') does not overfit this way.",
+                stacklevel=3)
         best = self.best
         collapsed = best is not None and (
             acc < best - self.cfg.guard_drop

@@ -311,6 +311,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         if e["test_accuracy"] is not None else "")
             if e.get("guard_accuracy") is not None:
                 test_txt += f"  held-out pgd acc {e['guard_accuracy']:.4f}"
+                if e.get("guard_single_step_accuracy") is not None:
+                    test_txt += f" (single step {e['guard_single_step_accuracy']:.4f})"
             print(f"epoch {e['epoch']:3d}/{cfg.epochs}  loss {e['loss']:.4f}  "
                   f"train acc {e['train_accuracy']:.4f}{test_txt}  {e['seconds']:.1f}s")
     print(f"test accuracy {acc:.4f} ({acc * 100:.2f}%) after {cfg.epochs} epochs; "

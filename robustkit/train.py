@@ -363,6 +363,7 @@ def fit(
                 # Before scoring the test split, so its score is that of the weights kept.
                 model.eval()
                 record["guard_accuracy"], event = guard.check(model, opt, epoch)
+                record["guard_single_step_accuracy"] = guard.single_step
                 record["restored"] = event["restored_epoch"] if event else None
                 if event:
                     history.guard.append(event)
@@ -378,7 +379,8 @@ def fit(
             if not quiet:
                 test_txt = (f"  test acc {record['test_accuracy']:.4f}"
                             if record["test_accuracy"] is not None else "")
-                guard_txt = (f"  held-out pgd acc {record['guard_accuracy']:.4f}"
+                guard_txt = (f"  held-out pgd acc {record['guard_accuracy']:.4f} "
+                             f"(single step {record['guard_single_step_accuracy']:.4f})"
                              if "guard_accuracy" in record else "")
                 bar.write(f"epoch {epoch:3d}/{cfg.epochs}  loss {record['loss']:.4f}  "
                           f"train acc {record['train_accuracy']:.4f}{guard_txt}{test_txt}  "

@@ -50,9 +50,14 @@ class _Probe:
         return self.accuracies[len(self.weights) - 1]
 
 
-def _scripted_guard(monkeypatch, accuracies: list[float]) -> _Probe:
+def _scripted_guard(monkeypatch, accuracies: list[float],
+                    single_step: list[float] | None = None) -> _Probe:
+    """Script the guard's PGD probe, and its single-step probe (default: the same values,
+    so no overfitting signature)."""
     probe = _Probe(accuracies)
     monkeypatch.setattr(adversarial, "guard_accuracy", probe)
+    steps = iter(single_step or accuracies)
+    monkeypatch.setattr(adversarial, "single_step_accuracy", lambda *a, **k: next(steps))
     return probe
 
 
@@ -248,6 +253,33 @@ def test_guard_floor_and_no_false_alarm(monkeypatch, mnist_small):
                       adversarial={"method": "pgd", "eps": 0.1, "steps": 1, "guard_size": 50,
                                    "guard_floor": 0.4})
     assert history.guard[0]["epoch"] == 3
+
+
+def test_guard_says_so_once_when_single_steps_fail_but_pgd_succeeds(monkeypatch, mnist_small):
+    """Catastrophic overfitting with nothing to restore (PGD accuracy never rose): the guard
+    warns once, at the first epoch whose single-step accuracy exceeds PGD's by guard_gap."""
+    _scripted_guard(monkeypatch, [0.05, 0.04, 0.06, 0.05], single_step=[0.3, 0.62, 0.9, 0.9])
+    with pytest.warns(UserWarning, match=r"after epoch 2 .* resist a single step \(0\.620\) "
+                                         r"far better than PGD \(0\.040\)") as caught:
+        history = fit(_mlp(16), mnist_small, epochs=4, batch_size=64, seed=0, **QUIET,
+                      adversarial={"method": "fgsm-rs", "eps": 0.1, "guard_size": 50})
+    assert sum("single step" in str(w.message) for w in caught) == 1
+    assert [e["guard_single_step_accuracy"] for e in history.epochs] == [0.3, 0.62, 0.9, 0.9]
+    assert history.guard == [] and len(history.epochs) == 4  # a warning, not a restore
+
+
+def test_single_step_accuracy_is_fgsm_accuracy_on_linf(trained_mlp, mnist_1000):
+    from robustkit.attacks import fgsm
+
+    x, y = mnist_1000["test"][0][:200], mnist_1000["test"][1][:200]
+    cfg = AdversarialConfig(method="fgsm-rs", eps=0.1)
+    with torch.no_grad():  # attacks turn gradients back on for themselves
+        ok = (trained_mlp(x).argmax(1) == y) & (trained_mlp(fgsm(trained_mlp, x, y, eps=0.1))
+                                                .argmax(1) == y)
+    assert adversarial.single_step_accuracy(trained_mlp, x, y, cfg) == pytest.approx(
+        ok.float().mean().item())
+    assert adversarial.single_step_accuracy(trained_mlp, x, y, cfg) >= \
+        adversarial.guard_accuracy(trained_mlp, x, y, cfg)  # PGD is the stronger attack
 
 
 def test_guard_probes_stratified_held_out_training_images(monkeypatch, mnist_1000):

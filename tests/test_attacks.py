@@ -214,6 +214,18 @@ def test_attack_restores_modes_params_grads_and_input(name, requires_grad, bn_cn
 
 
 @pytest.mark.parametrize("name", EVERY)
+def test_attack_inside_a_callers_no_grad_gives_the_same_examples(name, bn_cnn, tiny_batch):
+    """Evaluation loops run under torch.no_grad(); an attack there turns gradients back
+    on for itself, and the caller's setting is back afterwards."""
+    model, x, y = bn_cnn.eval(), tiny_batch[:4], torch.tensor([0, 1, 2, 3])
+    expected = run_attack(name, model, x, y)
+    with torch.no_grad():
+        inside = run_attack(name, model, x, y)
+        assert not torch.is_grad_enabled()
+    assert torch.equal(inside, expected)
+
+
+@pytest.mark.parametrize("name", EVERY)
 def test_attack_leaves_existing_parameter_grads_alone(name, bn_cnn, tiny_batch):
     model = bn_cnn
     g = torch.Generator().manual_seed(5)

@@ -157,6 +157,16 @@ def test_skip_unchanged_answers_other_layouts_in_full():
     assert forward.skipped == 4 and forward.evaluated == 4 + 5 + 4
 
 
+@pytest.mark.parametrize("name", ["saliency", "integrated_gradients", "gradcam"])
+def test_attributions_inside_a_callers_no_grad_are_the_same(name, tiny_batch):
+    model, y = tiny_cnn(), torch.arange(8)
+    expected = explain.attribute(model, tiny_batch, y, method=name)
+    with torch.no_grad():
+        inside = explain.attribute(model, tiny_batch, y, method=name)
+        assert not torch.is_grad_enabled()
+    assert torch.equal(inside, expected)
+
+
 @pytest.mark.parametrize("name", ["integrated_gradients", "occlusion", "saliency", "gradcam"])
 def test_small_batches_equal_one_batch(name, tiny_batch):
     model, y = tiny_cnn(), torch.arange(8)

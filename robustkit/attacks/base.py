@@ -109,6 +109,7 @@ def borrowed(model: nn.Module, what: str = "attack", stacklevel: int = 4,
 
     Warns when the model arrives in train mode (dropout and BatchNorm would otherwise make
     the attack random and move the running statistics). Restores modes even on error.
+    Gradients are enabled inside, so a caller's ``torch.no_grad()`` does not break it.
     ``stacklevel`` points the warning at the user's call (4: the function that enters
     this context manager directly). ``fast_layout`` also stores the convolution weights
     channels-last for the block (:func:`robustkit.models.layout.channels_last`; PGD on
@@ -123,7 +124,9 @@ def borrowed(model: nn.Module, what: str = "attack", stacklevel: int = 4,
         )
     model.eval()
     try:
-        with channels_last(model) if fast_layout else nullcontext():
+        # Gradients on, also inside a caller's torch.no_grad() (an evaluation loop):
+        # attacks and attributions differentiate with respect to the input.
+        with torch.enable_grad(), channels_last(model) if fast_layout else nullcontext():
             yield model
     finally:
         for m, mode in modes:
