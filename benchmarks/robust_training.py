@@ -33,7 +33,8 @@ per-epoch median):
 
 fgsm-rs overfits catastrophically from the start here (FGSM accuracy 94%, PGD 1%): its
 held-out PGD-10 accuracy creeps up to 0.42 and never falls, so the guard has no robust
-weights to give back and never fires.
+weights to give back and never restores. Its single-step probe (``guard_gap``) warns
+instead: in a 10-epoch run, after epoch 7, single step 0.65 against PGD 0.06.
 
 Usage:
     python benchmarks/robust_training.py measure [--methods standard,pgd,fgsm-rs,trades]
