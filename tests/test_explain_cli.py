@@ -42,7 +42,13 @@ def test_explain_writes_figures_and_metrics(checkpoint, tmp_path, capsys):
     assert record["results"]["integrated_gradients"]["options"]["n_steps"] == 50
     for name in ("explanations.png", "faithfulness.png"):
         assert (out / name).stat().st_size > 0
-    assert "| random |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| random |" in printed
+    ig = record["results"]["integrated_gradients"]["alignment"]
+    assert len(ig["per_example"]["spearman"]) == 10 and -1 <= ig["spearman"] <= 1
+    # IG with a black baseline is zero on the black background: it follows the digit.
+    assert ig["ink_share"] > ig["area_share"]
+    assert f"integrated_gradients {ig['spearman']:.3f}" in printed
 
 
 def test_sanity_writes_the_table_and_the_curves(checkpoint, tmp_path, capsys):

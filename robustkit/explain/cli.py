@@ -109,7 +109,9 @@ def _finish(out: Path, name: str, record: dict[str, Any]) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Maps of ``--n`` test images by each method (``explanations.png``), their deletion and
-    insertion curves against random rankings (``faithfulness.png``) and ``explain.json``."""
+    insertion curves against random rankings (``faithfulness.png``), their alignment with
+    the image, and ``explain.json``."""
+    from robustkit.explain.alignment import alignment
     from robustkit.explain.attribution import attribute
     from robustkit.explain.deletion import faithfulness, faithfulness_table
     from robustkit.explain.methods import options_of
@@ -125,12 +127,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                   seed=args.seed, batch_size=args.batch_size)
     print(f"{len(job.y)} {job.record['dataset']} test images, explaining the {args.target}")
     print(faithfulness_table(results, seconds))
+    aligned = {m: alignment(maps[m], job.x) for m in job.methods}
+    print("alignment with the image (Spearman of |map| with the pixels; Tsipras et al. "
+          "2019): " + ", ".join(f"{m} {a.means()['spearman']:.3f}" for m, a in aligned.items()))
     labels = [f"label {a}, pred {b}" for a, b in zip(job.y.tolist(), job.pred.tolist())]
     plot(job.x, maps, labels=labels, path=job.out / "explanations.png")
     plot_faithfulness(results, path=job.out / "faithfulness.png")
     print(f"wrote {job.out / 'explanations.png'} and {job.out / 'faithfulness.png'}")
     job.record["steps"] = args.steps
-    job.record["results"] = {m: {"seconds": seconds[m], "options": options_of(m), **results[m]}
+    job.record["results"] = {m: {"seconds": seconds[m], "options": options_of(m), **results[m],
+                                 "alignment": aligned[m].to_dict(per_example=True)}
                              for m in job.methods}
     _finish(job.out, "explain.json", job.record)
     return 0
