@@ -24,7 +24,7 @@ import torch
 from benchmarks.common import bare_passes, interleaved, merge_results, test_images, trained
 from robustkit import attacks
 from robustkit.evaluate import robustness_curve
-from robustkit.train import predict
+from robustkit.core import predict
 
 
 def acc(model, x, y) -> float:

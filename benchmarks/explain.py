@@ -40,7 +40,7 @@ from captum.attr import (DeepLift, GuidedBackprop, InputXGradient, IntegratedGra
 
 from benchmarks.common import interleaved, merge_results, trained
 from robustkit import data, explain
-from robustkit.device import pick_device
+from robustkit.core.device import pick_device
 from robustkit.models.checkpoint import versions
 
 OCCLUSION = {"sliding_window_shapes": (1, 4, 4), "strides": 2}

@@ -63,7 +63,8 @@ from robustkit.adversarial import adversarial_training, checkpoint_metadata
 from robustkit.attacks import pgd
 from robustkit.config import AdversarialConfig, TrainConfig
 from robustkit.models.checkpoint import versions
-from robustkit.train import accuracy_of, fit, predict
+from robustkit.core import accuracy_of, predict
+from robustkit.train import fit
 
 OUT = Path(__file__).resolve().parent / "out"
 EPS = 0.3

@@ -32,7 +32,7 @@ from benchmarks.explain import balanced
 from robustkit import explain
 from robustkit.explain.deletion import faithfulness_table
 from robustkit.explain.sanity import SIMILARITIES
-from robustkit.models.checkpoint import versions
+from robustkit.core import versions
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from robustkit import data, models
-from robustkit.train import accuracy_of, fit
+from robustkit.core import accuracy_of
+from robustkit.train import fit
 
 
 def parse_kv(text: str) -> dict:

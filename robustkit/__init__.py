@@ -5,11 +5,10 @@ The public API is flat: ``robustkit.data``, ``robustkit.models``, ``robustkit.fi
 ``robustkit.explain``.
 """
 
-__version__ = "0.1.0"
-
 from robustkit import (  # noqa: E402
     adversarial, attacks, data, evaluate, explain, metrics, models, transfer,
 )
+from robustkit.core.provenance import __version__  # noqa: E402
 from robustkit.errors import RobustkitError  # noqa: E402
 from robustkit.train import fit  # noqa: E402
 

@@ -10,71 +10,126 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustkit.attacks import BOUNDED, Attack, resolve
-from robustkit.attacks.base import (borrowed, check_eps, check_inputs, check_labels,
-                                    check_positive_int, generator, model_device,
-                                    num_classes_of, threat_model)
+from robustkit.attacks.base import generator, threat_model
+from robustkit.attacks.binding import BoundAttack, bind, check_options
 from robustkit.attacks.pgd import iterate
-from robustkit.train import predict
+from robustkit.core import (borrowed, check_eps, check_inputs, check_labels, check_positive_int,
+                            model_contract, model_device, predict)
+from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
 
 
-def adversarial_examples(model: nn.Module, x: Tensor, y: Tensor, attack: str | Attack,
-                         batch_size: int = 500, progress: bool = True, **kwargs: Any) -> Tensor:
+def _bound(model: nn.Module, attack: Any, options: dict[str, Any], what: str) -> BoundAttack:
+    """The attack with its options, eps taken out of them (the binder's one way in)."""
+    if isinstance(attack, BoundAttack):
+        if options:
+            raise RobustkitError(f"{what}: a bound attack takes no further options, "
+                                 f"got {sorted(options)}")
+        return attack
+    opts = dict(options)
+    eps = opts.pop("eps", None)
+    return bind(attack, model, opts, eps=eps, what=what)
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str) -> Iterator[slice]:
+    """Slices of ``batch_size`` over ``n`` examples, with a progress bar."""
+    bar = tqdm(total=n, disable=not progress, unit="img", desc=desc, leave=False)
+    try:
+        for i in range(0, n, batch_size):
+            yield slice(i, min(n, i + batch_size))
+            bar.update(min(n, i + batch_size) - i)
+    finally:
+        bar.close()
+
+
+def adversarial_examples(model: nn.Module, x: Tensor, y: Tensor, attack: Any,
+                         batch_size: int = 500, progress: bool = True, **options: Any) -> Tensor:
     """Run ``attack`` over ``x`` in batches (with a progress bar); returns x_adv on the CPU.
 
+    Holds every adversarial example: to score them, use :func:`robust_accuracy` or
+    :func:`attack_outcomes`, whose memory stays proportional to the batch.
+
     Args:
-        model: the attacked model (named attacks).
+        model: the attacked model.
         x: images (N, C, H, W) in [0, 1]; y: labels (N,).
-        attack: a registered name or a callable ``(x, y) -> x_adv``.
-        kwargs: the attack's options (e.g. ``eps``).
+        attack: a registered name, ``module:function``, a function ``(model, x, y, ...)``,
+            a torchattacks object or a callable ``(x, y)``; see
+            :func:`robustkit.attacks.bind`.
+        options: the attack's options, ``eps`` included; each must be in its signature.
     """
     check_inputs(x, y, what="adversarial_examples")
     check_positive_int(batch_size, "adversarial_examples", "batch_size")
-    run = resolve(attack, model, **kwargs)
-    name = attack if isinstance(attack, str) else getattr(run, "__name__", "attack")
-    out = []
-    bar = tqdm(total=len(x), disable=not progress, unit="img", desc=str(name), leave=False)
-    try:
-        for i in range(0, len(x), batch_size):
-            out.append(run(x[i:i + batch_size], y[i:i + batch_size]).detach().cpu())
-            bar.update(len(out[-1]))
-    finally:
-        bar.close()
-    return torch.cat(out)
+    run = _bound(model, attack, options, "adversarial_examples")
+    return torch.cat([run(x[b], y[b]).detach().cpu()
+                      for b in _batches(len(x), batch_size, progress, run.name)])
 
 
-def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: str | Attack,
-                    batch_size: int = 500, progress: bool = True, **kwargs: Any) -> float:
+def attack_outcomes(model: nn.Module, x: Tensor, y: Tensor, attack: Any,
+                    batch_size: int = 500, progress: bool = True,
+                    scorers: dict[str, nn.Module] | None = None, **options: Any
+                    ) -> dict[str, Tensor]:
+    """Per-example outcomes of ``attack``, batch by batch: memory stays proportional to the
+    batch, not to N (no adversarial example outlives its batch).
+
+    Args:
+        model: the attacked model; x (N, C, H, W) in [0, 1]; y (N,).
+        attack, options: as for :func:`adversarial_examples`.
+        scorers: models to score the adversarial examples on (default ``{"model":
+            model}``); transfer passes its targets.
+
+    Returns:
+        ``{name: (N,) bool}``: whether each scorer labels the adversarial example ``y``.
+    """
+    check_inputs(x, y, what="attack_outcomes")
+    check_positive_int(batch_size, "attack_outcomes", "batch_size")
+    run = _bound(model, attack, options, "attack_outcomes")
+    scorers = scorers if scorers is not None else {"model": model}
+    out = {name: torch.empty(len(x), dtype=torch.bool) for name in scorers}
+    for b in _batches(len(x), batch_size, progress, run.name):
+        x_adv = run(x[b], y[b])
+        for name, scorer in scorers.items():
+            out[name][b] = predict(scorer, x_adv).argmax(1) == y[b].cpu()
+    return out
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: Any,
+                    batch_size: int = 500, progress: bool = True, **options: Any) -> float:
     """Accuracy of ``model`` on ``attack``'s adversarial examples of ``x``.
 
     An example counts as robust only if it is classified correctly both clean and
-    attacked, so the result never exceeds clean accuracy.
+    attacked, so the result never exceeds clean accuracy. The adversarial examples are
+    scored batch by batch and dropped, so memory does not grow with N.
 
     Args:
         model: returns logits (N, K); x: (N, C, H, W) in [0, 1]; y: true labels (N,).
-        attack: a registered name (``"pgd"``) or a callable ``(x, y) -> x_adv``.
+        attack: a registered name (``"pgd"``), ``module:function``, a torchattacks object
+            or a callable ``(x, y) -> x_adv`` (see :func:`robustkit.attacks.bind`).
         batch_size: images per attack call.
-        kwargs: the attack's options.
+        options: the attack's options, ``eps`` included.
 
     Returns:
         A fraction in [0, 1].
+
+    Example:
+        >>> robust_accuracy(model, x, y, "pgd", eps=0.3, steps=40)     # doctest: +SKIP
+        0.004
     """
-    x_adv = adversarial_examples(model, x, y, attack, batch_size, progress, **kwargs)
-    clean_ok = predict(model, x).argmax(1) == y.cpu()
-    adv_ok = predict(model, x_adv).argmax(1) == y.cpu()
+    check_inputs(x, y, what="robust_accuracy")
+    model_contract(model, x, "robust_accuracy")
+    clean_ok = predict(model, x, what="robust_accuracy").argmax(1) == y.cpu()  # (N,)
+    adv_ok = attack_outcomes(model, x, y, attack, batch_size, progress, **options)["model"]
     return (clean_ok & adv_ok).float().mean().item()
 
 
-def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: str | Attack = "pgd",
+def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: Any = "pgd",
                      eps: Sequence[float], batch_size: int = 1000, progress: bool = True,
                      seed: int | None = 0, **attack_kwargs: Any) -> list[dict[str, Any]]:
     """Accuracy against eps, at a fraction of the cost of attacking afresh at every eps.
@@ -87,17 +142,18 @@ def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: str | At
     run at that eps (same steps, step size ``2.5 * eps / steps``, fresh random start),
     so the curve agrees with the per-eps loop up to the attack's own randomness.
     Other attacks (and user callables) run once per eps, ascending, on the examples
-    still robust at the previous eps.
+    still robust at the previous eps. Attacks that measure a distance (DeepFool, C&W)
+    take no eps and are refused.
 
     Args:
         model: returns logits (N, K); x: (N, C, H, W) in [0, 1]; y: true labels (N,).
-        attack: ``pgd``/``bim`` (bisection), another registered name, or a callable
-            ``(x, y, eps=...) -> x_adv`` that takes the radius as a keyword.
+        attack: ``pgd``/``bim`` (bisection), another registered name, ``module:function``,
+            a torchattacks object, or a callable that takes ``eps`` as a keyword.
         eps: the radii, any order; the result is sorted by eps.
         batch_size: images per attack call.
-        seed: seeds the random starts (pgd).
-        attack_kwargs: ``steps`` (default 10), ``alpha``, ``norm``, ``random_start``,
-            ``targeted``, as for the attack.
+        seed: seeds the random starts (of attacks that take a seed).
+        attack_kwargs: the attack's options (pgd: ``steps`` (default 10), ``alpha``,
+            ``norm``, ``random_start``, ``targeted``).
 
     Returns:
         One dict per eps, ascending: ``eps``, ``accuracy``, ``attacked`` (examples
@@ -111,11 +167,23 @@ def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: str | At
     check_inputs(x, y, what="robustness_curve")
     eps_list = sorted(check_eps(e, "robustness_curve") for e in eps)
     if not eps_list:
-        raise ValueError("robustness_curve: eps must hold at least one value")
+        raise RobustkitError("robustness_curve: eps must hold at least one value")
+    check_positive_int(batch_size, "robustness_curve", "batch_size")
+    s = check_options(attack, attack_kwargs, grid=True, what="robustness_curve")
+    model_contract(model, x, "robustness_curve")
     correct = predict(model, x).argmax(1) == y.cpu()  # (N,) wrong when clean: never robust
-    if isinstance(attack, str) and attack in ("pgd", "bim"):
-        return _bisection_curve(model, x, y, correct, eps_list, attack, batch_size, seed,
+    if s.kind == "registered" and s.name in ("pgd", "bim"):
+        extra = sorted(set(attack_kwargs) - {"steps", "alpha", "norm", "random_start",
+                                              "targeted"})
+        if extra:
+            raise RobustkitError(
+                f"robustness_curve: the {s.name} curve takes steps, alpha, norm, "
+                f"random_start and targeted; not {', '.join(extra)} (seed is its own "
+                f"argument)")
+        return _bisection_curve(model, x, y, correct, eps_list, s.name, batch_size, seed,
                                 progress, **attack_kwargs)
+    run = bind(attack, model, attack_kwargs, eps=eps_list[0], defaults={"seed": seed},
+               what="robustness_curve")
     robust = correct.clone()
     records = []
     bar = tqdm(total=len(eps_list), disable=not progress, unit="eps", desc="curve", leave=False)
@@ -123,29 +191,14 @@ def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: str | At
         for e in eps_list:
             idx = robust.nonzero().squeeze(1)
             if len(idx):
-                if isinstance(attack, str):
-                    kw = dict(attack_kwargs, **({"eps": e} if attack in BOUNDED else {}))
-                    run: str | Attack = attack
-                else:
-                    kw = {"eps": e, "norm": attack_kwargs.get("norm", "linf")}
-                    run = _with_eps(attack, e)
-                x_adv = adversarial_examples(model, x[idx], y[idx], run, batch_size,
-                                             progress=False, **kw)
-                robust[idx] = predict(model, x_adv).argmax(1) == y[idx].cpu()
+                robust[idx] = attack_outcomes(model, x[idx], y[idx], run.at(e), batch_size,
+                                              progress=False)["model"]
             records.append({"eps": e, "accuracy": robust.float().mean().item(),
                             "attacked": int(len(idx)), "gradient_evaluations": None})
             bar.update()
     finally:
         bar.close()
     return records
-
-
-def _with_eps(attack: Any, eps: float) -> Attack:
-    def run(x: Tensor, y: Tensor) -> Tensor:
-        return attack(x, y, eps=eps)
-
-    run.__name__ = getattr(attack, "__name__", "attack")
-    return run
 
 
 def _bisection_curve(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor,
@@ -180,7 +233,7 @@ def _bisection_curve(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor,
     bar = tqdm(total=rounds, disable=not progress, unit="round", desc="curve", leave=False)
     try:
         with borrowed(model, "robustness_curve", fast_layout=True):
-            check_labels(y, num_classes_of(model, x.to(dev)), "robustness_curve")
+            check_labels(y, model_contract(model, x, "robustness_curve"), "robustness_curve")
             while True:
                 idx = (hi - lo > 1).nonzero().squeeze(1)
                 if len(idx) == 0:
@@ -245,7 +298,12 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
     if large_eps is None:
         large_eps = 0.5 if norm == "linf" else 10.0
 
-    def acc(attack: str | Attack, **kw: Any) -> float:
+    check_positive_int(steps, "validity_checks", "steps")
+    check_positive_int(batch_size, "validity_checks", "batch_size")
+    large_eps = check_eps(large_eps, "validity_checks", "large_eps")
+    model_contract(model, x, "validity_checks")
+
+    def acc(attack: str, **kw: Any) -> float:
         return robust_accuracy(model, x, y, attack, batch_size=batch_size, progress=False, **kw)
 
     bar = tqdm(total=8, disable=not progress, desc="validity checks", leave=False)
@@ -258,9 +316,8 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
         correct = predict(model, x).argmax(1) == y.cpu()  # (N,)
         clean = tick(float(correct.float().mean()))
         pgd_kw = {"norm": norm, "seed": seed}
-        x_pgd = adversarial_examples(model, x, y, "pgd", batch_size, progress=False, eps=eps,
-                                     steps=steps, **pgd_kw)
-        pgd_ok = correct & (predict(model, x_pgd).argmax(1) == y.cpu())  # (N,) PGD did not fool
+        pgd_ok = correct & attack_outcomes(model, x, y, "pgd", batch_size, progress=False,
+                                           eps=eps, steps=steps, **pgd_kw)["model"]  # (N,)
         pgd_acc = tick(float(pgd_ok.float().mean()))
         if norm == "linf":
             single = tick(acc("fgsm", eps=eps))
@@ -278,10 +335,10 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
         tick(0.0)
         transfer_acc = None
         if transfer_from is not None:
-            x_tr = adversarial_examples(transfer_from, x, y, "pgd", batch_size, progress=False,
-                                        eps=eps, steps=steps, **pgd_kw)
-            transfer_acc = float((correct & (predict(model, x_tr).argmax(1) == y.cpu()))
-                                 .float().mean())
+            tr_ok = attack_outcomes(transfer_from, x, y, "pgd", batch_size, progress=False,
+                                    scorers={"model": model}, eps=eps, steps=steps,
+                                    **pgd_kw)["model"]
+            transfer_acc = float((correct & tr_ok).float().mean())
         tick(0.0)
     finally:
         bar.close()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustkit.attacks.base import check_inputs
-from robustkit.train import predict
+from robustkit.core import check_inputs, predict
+from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
 
@@ -87,6 +87,6 @@ def ssim(x: Tensor, x_adv: Tensor) -> Tensor:
 
 def _same_shape(x: Tensor, x_adv: Tensor, what: str) -> None:
     if x.shape != x_adv.shape:
-        raise ValueError(f"{what}: shapes differ: {tuple(x.shape)} vs {tuple(x_adv.shape)}")
+        raise RobustkitError(f"{what}: shapes differ: {tuple(x.shape)} vs {tuple(x_adv.shape)}")
     if x.ndim != 4:
-        raise ValueError(f"{what}: expected (N, C, H, W), got shape {tuple(x.shape)}")
+        raise RobustkitError(f"{what}: expected (N, C, H, W), got shape {tuple(x.shape)}")

@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.attacks import BOUNDED, Attack
-from robustkit.attacks.base import check_eps, check_inputs
+from robustkit.attacks.binding import bind, check_options
+from robustkit.core import check_eps, check_inputs, model_contract, predict
 from robustkit.errors import RobustkitError
-from robustkit.evaluate import adversarial_examples
-from robustkit.train import predict
+from robustkit.evaluate import attack_outcomes
 
 Tensor = torch.Tensor
 
@@ -87,23 +86,26 @@ class TransferResult(dict):
 
 
 def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
-                    x: Tensor, y: Tensor, *, attack: str | Attack = "pgd",
+                    x: Tensor, y: Tensor, *, attack: Any = "pgd",
                     eps: float | Sequence[float], batch_size: int = 500,
                     progress: bool = True, **attack_kwargs: Any
                     ) -> TransferResult | dict[float, TransferResult]:
     """Accuracy of every target on adversarial examples crafted on every source.
 
     Each source is attacked once per eps (white-box, on itself) and its examples are
-    scored on every target; the diagonal (a model that is both source and target) is the
-    white-box accuracy. When a transferred attack leaves a model less accurate than the
-    white-box attack on that model, a warning says so: that is a sign of gradient masking
-    or of a broken attack (Carlini et al. 2019).
+    scored on every target batch by batch (memory stays proportional to the batch); the
+    diagonal (a model that is both source and target) is the white-box accuracy. When a
+    transferred attack leaves a model less accurate than the white-box attack on that
+    model, a warning says so: that is a sign of gradient masking or of a broken attack
+    (Carlini et al. 2019). Attacks that measure a distance (DeepFool, C&W) take no eps
+    and are refused.
 
     Args:
         sources, targets: non-empty name -> model mappings; all models must accept ``x``
             and return the same number of logits.
         x: images (N, C, H, W) in [0, 1]; y: true labels (N,).
-        attack: a registered attack name or a callable ``(model, x, y, **kw) -> x_adv``.
+        attack: a registered name, ``module:function``, a function ``(model, x, y, **kw)``
+            or a torchattacks object (its copy is set to each source).
         eps: one radius, or a list (then one result per eps).
         batch_size: images per attack call.
         attack_kwargs: the attack's options (``steps``, ``alpha``, ``seed`` ...).
@@ -115,13 +117,16 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
     check_inputs(x, y, what="transfer_matrix")
     if not sources or not targets:
         raise RobustkitError("transfer_matrix needs at least one source and one target")
-    models = {**{f"source {k}": m for k, m in sources.items()},
-              **{f"target {k}": m for k, m in targets.items()}}
-    _check_compatible(models, x)
     eps_list = [check_eps(e, "transfer_matrix") for e in
                 (eps if isinstance(eps, (list, tuple)) else [eps])]
     if not eps_list:
         raise RobustkitError("transfer_matrix: eps must hold at least one value")
+    check_options(attack, attack_kwargs, grid=True, what="transfer_matrix")
+    models = {**{f"source {k}": m for k, m in sources.items()},
+              **{f"target {k}": m for k, m in targets.items()}}
+    _check_compatible(models, x)
+    first = next(iter(sources.values()))
+    bound = bind(attack, first, attack_kwargs, eps=eps_list[0], what="transfer_matrix")
     y_cpu = y.cpu()
     correct = {name: predict(m, x).argmax(1) == y_cpu
                for name, m in {**sources, **targets}.items()}
@@ -130,51 +135,26 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
         result = TransferResult(e)
         result.correct = correct
         for s_name, source in sources.items():
-            if isinstance(attack, str):
-                kw = dict(attack_kwargs, **({"eps": e} if attack in BOUNDED else {}))
-                x_adv = adversarial_examples(source, x, y, attack, batch_size, progress, **kw)
-            else:  # the user's attack gets its options here; eps is also checked at the exit
-                run = _bind(attack, source, dict(attack_kwargs, eps=e))
-                x_adv = adversarial_examples(source, x, y, run, batch_size, progress, eps=e,
-                                             norm=attack_kwargs.get("norm", "linf"))
+            adv_ok = attack_outcomes(source, x, y, bound.on(source).at(e), batch_size,
+                                     progress, scorers=dict(targets))  # {target: (N,)}
             result[s_name], result.success[s_name], result.fooled[s_name] = {}, {}, {}
-            for t_name, target in targets.items():
-                adv_ok = predict(target, x_adv).argmax(1) == y_cpu
-                robust = correct[t_name] & adv_ok
+            for t_name in targets:
+                robust = correct[t_name] & adv_ok[t_name]
                 both = correct[s_name] & correct[t_name]
                 result[s_name][t_name] = robust.float().mean().item()
-                result.fooled[s_name][t_name] = ~adv_ok
+                result.fooled[s_name][t_name] = ~adv_ok[t_name]
                 result.success[s_name][t_name] = (
-                    (~adv_ok)[both].float().mean().item() if both.any() else float("nan"))
+                    (~adv_ok[t_name])[both].float().mean().item() if both.any()
+                    else float("nan"))
         _warn_if_transfer_beats_white_box(result)
         results[e] = result
     return results if isinstance(eps, (list, tuple)) else results[eps_list[0]]
 
 
-def _bind(attack: Any, model: nn.Module, options: dict[str, Any]) -> Attack:
-    def run(x: Tensor, y: Tensor) -> Tensor:
-        return attack(model, x, y, **options)
-
-    run.__name__ = getattr(attack, "__name__", "attack")
-    return run
-
-
 def _check_compatible(models: Mapping[str, nn.Module], x: Tensor) -> None:
-    """Every model takes x's shape and returns the same number of classes."""
-    classes = {}
-    for name, model in models.items():
-        spec = getattr(model, "robustkit_spec", None)
-        if spec is not None and tuple(spec["in_shape"]) != tuple(x.shape[1:]):
-            raise RobustkitError(f"{name} takes inputs of shape {tuple(spec['in_shape'])}, "
-                                 f"but x has {tuple(x.shape[1:])}")
-        try:
-            out = predict(model, x[:1])
-        except RuntimeError as err:
-            raise RobustkitError(f"{name} cannot run on inputs of shape {tuple(x.shape[1:])}: "
-                                 f"{str(err).splitlines()[0]}") from None
-        if out.ndim != 2:
-            raise RobustkitError(f"{name} must return logits (N, K), got {tuple(out.shape)}")
-        classes[name] = out.shape[1]
+    """Every model meets the model contract on x and returns the same number of classes."""
+    classes = {name: model_contract(model, x, f"transfer_matrix: {name}")
+               for name, model in models.items()}
     if len(set(classes.values())) > 1:
         raise RobustkitError(f"models disagree on the number of classes: {classes}")
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from robustkit import attacks, evaluate, metrics, models
 from robustkit.errors import RobustkitError
-from robustkit.train import predict
+from robustkit.core import predict
 
 TOL = 1e-5  # slack of the eps-ball checks (float rounding of x + delta)
 
@@ -94,13 +94,14 @@ def test200(mnist_1000):
 def test_tiny_options_cover_every_registered_attack():
     # The loops below run over TINY; a newly registered attack must be added there.
     assert sorted(TINY) == attacks.names()
-    assert set(attacks.BOUNDED) <= set(attacks.names())
+    assert set(attacks.DISTANCE) - {"minimal_targeted"} <= set(attacks.names())
     assert attacks.THREATS.names() == ["l2", "linf"]
 
 
 # --------------------------------------------------------------------------- box and eps-ball
 
-BOUNDED_CASES = [(name, norm) for name in attacks.BOUNDED
+BOUNDED = [n for n in attacks.names() if n not in attacks.DISTANCE]
+BOUNDED_CASES = [(name, norm) for name in BOUNDED
                  for norm in (attacks.THREATS.names() if takes(name, "norm") else ["linf"])]
 
 
@@ -165,7 +166,7 @@ def test_unbounded_attack_stays_in_box(name, seed, n, random_mlp):
 def test_eps_zero_returns_the_input(random_mlp):
     x = images(4, 0)
     y = torch.arange(4)
-    for name in attacks.BOUNDED:
+    for name in BOUNDED:
         x_adv = attacks.ATTACKS.get(name)(random_mlp, x, y, **{**TINY[name], "eps": 0.0})
         assert torch.equal(x_adv, x), name
 
@@ -514,53 +515,60 @@ def test_pgd_without_random_start_matches_torchattacks(trained_mlp, test64):
     assert not trained_mlp.training
 
 
-# --------------------------------------------------------------------------- resolve
+# --------------------------------------------------------------------------- bind
 
-def test_resolve_a_name_binds_model_and_options(trained_mlp, test64):
+def test_bind_a_name_binds_model_and_options(trained_mlp, test64):
     x, y = test64
-    run = attacks.resolve("pgd", trained_mlp, eps=0.1, steps=3, seed=0)
-    assert callable(run)
+    run = attacks.bind("pgd", trained_mlp, {"steps": 3}, eps=0.1, defaults={"seed": 0})
+    assert run.record_options() == {"steps": 3, "seed": 0, "eps": 0.1}
     assert torch.equal(run(x, y), attacks.pgd(trained_mlp, x, y, eps=0.1, steps=3, seed=0))
+    # a default the attack does not take is not passed (fgsm has no seed)
+    assert attacks.bind("fgsm", trained_mlp, eps=0.1, defaults={"seed": 0}).options == {}
 
 
-def test_resolve_imports_package_module_function(trained_mlp, test64):
+def test_bind_imports_package_module_function(trained_mlp, test64):
     x, y = test64
-    run = attacks.resolve("robustkit.attacks:fgsm", trained_mlp, eps=0.1)
+    run = attacks.bind("robustkit.attacks:fgsm", trained_mlp, eps=0.1)
     assert torch.equal(run(x, y), attacks.fgsm(trained_mlp, x, y, eps=0.1))
     with pytest.raises(RobustkitError, match="cannot import"):
-        attacks.resolve("robustkit.attacks:no_such_attack", trained_mlp)
+        attacks.bind("robustkit.attacks:no_such_attack", trained_mlp)
 
 
-def test_resolve_accepts_and_checks_user_callables(trained_mlp, test64):
+def test_bind_accepts_and_checks_user_callables(trained_mlp, test64):
     x, y = test64
     expected = attacks.fgsm(trained_mlp, x, y, eps=0.1)
-    as_lambda = attacks.resolve(lambda a, b: attacks.fgsm(trained_mlp, a, b, eps=0.1), eps=0.1)
+    as_lambda = attacks.bind(lambda a, b, eps: attacks.fgsm(trained_mlp, a, b, eps=eps), None,
+                             eps=0.1)
     assert torch.equal(as_lambda(x, y), expected)
-    as_object = attacks.resolve(torchattacks.FGSM(trained_mlp, eps=0.1), eps=0.1)
+    as_object = attacks.bind(torchattacks.FGSM(trained_mlp, eps=0.3), trained_mlp, eps=0.1)
     assert torch.allclose(as_object(x, y), expected, atol=1e-6)
+    # a callable without eps cannot be given one: its radius would be its own, not eps
+    with pytest.raises(RobustkitError, match="takes no eps"):
+        attacks.bind(lambda a, b: a, None, eps=0.1)
 
 
-def test_resolve_refuses_user_results_outside_box_or_ball(test64):
+def test_bind_refuses_user_results_outside_box_or_ball(test64):
     x, y = test64
     with pytest.raises((RuntimeError, ValueError), match=r"\[0, 1\]"):
-        attacks.resolve(lambda a, b: a + 0.5)(x, y)
-    too_far = lambda a, b: (a + 0.2).clamp(0, 1)  # noqa: E731  Linf 0.2, L2 > 1
-    assert torch.equal(attacks.resolve(too_far)(x, y), too_far(x, y))  # no eps: no ball check
+        attacks.bind(lambda a, b: a + 0.5, None)(x, y)
+    too_far = lambda a, b, eps=0.0: (a + 0.2).clamp(0, 1)  # noqa: E731  Linf 0.2, L2 > 1
+    assert torch.equal(attacks.bind(too_far, None)(x, y), too_far(x, y))  # no eps: no ball
     with pytest.raises((RuntimeError, ValueError), match="eps-ball"):
-        attacks.resolve(too_far, eps=0.1)(x, y)
+        attacks.bind(too_far, None, eps=0.1)(x, y)
+    l2_far = lambda a, b, eps=0.0, norm="l2": (a + 0.2).clamp(0, 1)  # noqa: E731
     with pytest.raises((RuntimeError, ValueError), match="eps-ball"):
-        attacks.resolve(too_far, eps=1.0, norm="l2")(x, y)
+        attacks.bind(l2_far, None, {"norm": "l2"}, eps=1.0)(x, y)
     with pytest.raises(RobustkitError, match="not a tensor"):
-        attacks.resolve(lambda a, b: a.numpy())(x, y)
+        attacks.bind(lambda a, b: a.numpy(), None)(x, y)
 
 
-def test_resolve_unknown_name_lists_valid_names(trained_mlp):
+def test_bind_unknown_name_lists_valid_names(trained_mlp):
     with pytest.raises(RobustkitError, match="unknown attack") as info:
-        attacks.resolve("no_such_attack", trained_mlp)
+        attacks.bind("no_such_attack", trained_mlp)
     for name in attacks.names():
         assert name in str(info.value)
     with pytest.raises(RobustkitError, match="needs the model"):
-        attacks.resolve("fgsm", eps=0.1)
+        attacks.bind("fgsm", None, eps=0.1)
 
 
 # --------------------------------------------------------------------------- minimal perturbations

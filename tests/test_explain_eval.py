@@ -188,7 +188,7 @@ def test_each_distinct_image_of_the_curves_runs_through_the_model_once(trained_m
 
 
 def test_mixed_precision_curves_stay_close_and_leave_the_model_in_float32(trained_mlp, test32):
-    from robustkit.train import cpu_has_native_bf16
+    from robustkit.core import cpu_has_native_bf16
 
     x, y = test32
     a = explain.attribute(trained_mlp, x, y, method="saliency")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from robustkit import models
-from robustkit.models.layout import channels_last, nhwc
+from robustkit.core.layout import channels_last, nhwc
 
 
 def storage(model: nn.Module) -> dict:

@@ -8,7 +8,8 @@ from torch import nn
 
 from robustkit import attacks, models, transfer
 from robustkit.errors import RobustkitError
-from robustkit.train import fit, predict
+from robustkit.core import predict
+from robustkit.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,6 @@ def test_bad_input_is_refused(case, three, data64):
         transfer.transfer_matrix(src, tgt, x, y, eps=0.1, progress=False)
     message = str(err.value)
     expected = {"empty sources": "at least one source", "empty targets": "at least one source",
-                "shape": "takes inputs of shape", "classes": "number of classes",
+                "shape": "takes images of shape", "classes": "number of classes",
                 "xy": "batch-size mismatch"}[case]
     assert expected in message

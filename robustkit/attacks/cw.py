@@ -9,6 +9,7 @@ from torch import nn
 
 from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
                                     margin, prepare)
+from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
 
@@ -67,7 +68,7 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
     """The C&W loop; returns the adversarial images and the per-example success mask."""
     c = check_eps(c, what, "c")
     if c == 0:
-        raise ValueError(f"{what}: c must be > 0")
+        raise RobustkitError(f"{what}: c must be > 0")
     kappa = check_eps(kappa, what, "kappa")
     lr = check_eps(lr, what, "lr")
     check_positive_int(binary_search_steps, what, "binary_search_steps")

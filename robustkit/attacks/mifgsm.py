@@ -9,6 +9,7 @@ from torch import nn
 from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
                                     generator, per_example, prepare)
 from robustkit.attacks.threat import THREATS, flat_norm
+from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
 
@@ -69,7 +70,7 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
     check_positive_int(steps, "mifgsm", "steps")
     alpha = eps / steps if alpha is None else check_eps(alpha, "mifgsm", "alpha")
     if not 0 <= diversity_prob <= 1:
-        raise ValueError(f"mifgsm: diversity_prob must be in [0, 1], got {diversity_prob}")
+        raise RobustkitError(f"mifgsm: diversity_prob must be in [0, 1], got {diversity_prob}")
     x0, y0 = prepare(model, x, y, "mifgsm")
     tm = THREATS.get("linf")
     gen = generator(seed)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.attacks.base import borrowed, check_inputs, check_labels, model_device
+from robustkit.core import borrowed, check_inputs, check_labels, model_device
 from robustkit.errors import RobustkitError
 from robustkit.explain.batching import chunks, rows_per_pass, split_options
 from robustkit.explain.checks import refuse_traps

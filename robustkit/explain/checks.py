@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from robustkit.attacks.base import borrowed, check_inputs, model_device
+from robustkit.core import borrowed, check_inputs, model_device
 from robustkit.errors import RobustkitError
 from robustkit.explain.probe import ACTIVATIONS, Probe, probe
 

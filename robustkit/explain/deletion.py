@@ -11,7 +11,7 @@ fast (high area). The same curves for random rankings give the floor to beat.
 Curves are batched: the perturbed images of every (ranking, curve, step, image) are
 built by indexing and evaluated in passes of as many rows as the memory budget allows,
 instead of one forward pass per image and step, with channels-last images and weights
-(:func:`robustkit.models.layout.channels_last`); an image that several curves share (the
+(:func:`robustkit.core.layout.channels_last`); an image that several curves share (the
 whole image, the baseline, a step that moved only background pixels) is evaluated once.
 
 Example:
@@ -29,14 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.attacks.base import borrowed, check_inputs, check_positive_int, model_device
+from robustkit.core import borrowed, check_inputs, check_positive_int, model_device
 from robustkit.errors import RobustkitError
 from robustkit.explain.attribution import Target, attribute, targets
 from robustkit.explain.batching import chunks, rows_per_pass
 from robustkit.explain.compare import pixel_map
 from robustkit.explain.probe import probe
-from robustkit.models.layout import channels_last, nhwc
-from robustkit.train import amp_dtype_for
+from robustkit.core.layout import channels_last, nhwc
+from robustkit.core import amp_dtype_for
 
 Tensor = torch.Tensor
 MODES = ("deletion", "insertion")

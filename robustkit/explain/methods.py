@@ -37,7 +37,7 @@ from robustkit.explain.batching import budget_bytes
 from robustkit.explain.probe import ACTIVATIONS, Probe
 from robustkit.explain.reuse import SkipUnchanged
 from robustkit.explain.rng import seeded
-from robustkit.models.layout import channels_last
+from robustkit.core.layout import channels_last
 from robustkit.registry import Registry
 
 Tensor = torch.Tensor

@@ -2,7 +2,12 @@
 
 Built with ``matplotlib.figure.Figure`` directly (no pyplot, no global state), so they
 work under any backend, in threads and on headless machines. Each function returns the
-Figure and writes it to ``path`` when given (PNG, PDF or SVG by the suffix).
+Figure and writes it to ``path`` when given (PNG, PDF or SVG by the suffix), atomically.
+
+Every user string that becomes figure text (a method, model or layer name, a caption)
+goes through :func:`literal` first: it is drawn as written, never parsed as mathtext, and
+its bidirectional control characters are shown as escapes. The reports use the same two
+helpers (:mod:`robustkit.report`), so a name reads the same in every output.
 
 Example:
     >>> a = {m: attribute(model, x, y, method=m) for m in ("saliency", "integrated_gradients")}  # doctest: +SKIP
@@ -11,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +25,8 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from robustkit.core import write_atomic
+from robustkit.errors import RobustkitError
 from robustkit.explain.sanity import SIMILARITIES
 
 Tensor = torch.Tensor
@@ -27,11 +35,88 @@ SIGNED_CMAP = "RdBu_r"
 ABSOLUTE_CMAP = "inferno"
 
 
+#: Bidirectional control characters (embeddings, overrides, isolates, marks): in a name
+#: they can reorder the text around them, so that what is shown is not what is stored.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                          "\u200e\u200f\u061c")
+
+
+def visible_controls(text: object) -> str:
+    """``text`` with bidirectional controls and other control characters (except tab and
+    newline) shown as visible escapes such as ``\\u202e``, so they cannot reorder or hide
+    the text around them.
+
+    Args:
+        text: any value; it is turned into a string first.
+
+    Returns:
+        The string, every such character replaced by its ``\\uXXXX`` escape.
+
+    Example:
+        >>> visible_controls("abc\\u202edef")
+        'abc\\\\u202edef'
+    """
+    text = str(text)
+    return "".join(f"\\u{ord(c):04x}" if c in BIDI_CONTROLS or _is_control(c) else c
+                   for c in text)
+
+
+def _is_control(c: str) -> bool:
+    code = ord(c)
+    return (code < 0x20 and c not in "\t\n\r") or 0x7f <= code < 0xa0
+
+
+def literal(text: object) -> str:
+    """A user string as figure text (title, label, tick, legend) that matplotlib draws as
+    written: every ``$`` escaped, so ``$\\frac{1}{0}$`` or ``a$b`` is never parsed as
+    mathtext, and bidirectional controls shown as escapes (:func:`visible_controls`).
+
+    Apply it once, where the text enters matplotlib: an escaped ``$`` escaped again would
+    show its backslash.
+
+    Args:
+        text: any value; it is turned into a string first.
+
+    Returns:
+        The escaped string (``Text.get_text()`` returns it; the figure shows the original).
+
+    Example:
+        >>> literal("cost $5")
+        'cost \\\\$5'
+    """
+    return visible_controls(text).replace("$", "\\$")
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Save ``fig`` to ``path`` through :func:`robustkit.core.write_atomic` (the format by
+    the suffix, PNG when there is none): a full disk or a folder that cannot be written is
+    one :class:`RobustkitError` naming the path, and no half-written file is left.
+
+    Args:
+        fig: the figure.
+        path: the file to write; its folders are made.
+        **kwargs: passed to ``Figure.savefig`` (``dpi``, ``bbox_inches``).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_figure(Figure(), "out/empty.png")                    # doctest: +SKIP
+    """
+    dest = Path(path)
+    fmt = dest.suffix.lower().lstrip(".") or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise RobustkitError(f"cannot save a figure as {dest}: the suffix .{fmt} is not an "
+                             f"image format; use one of {', '.join(sorted(supported))}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, **kwargs)
+    return write_atomic(dest, buffer.getvalue())
+
+
 def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
     if path is not None:
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(dest, dpi=120, bbox_inches="tight")
+        save_figure(fig, path, dpi=120, bbox_inches="tight")
     return fig
 
 
@@ -70,7 +155,7 @@ def plot(x: Tensor, attributions: Tensor | Mapping[str, Tensor], *,
     maps = attributions if isinstance(attributions, Mapping) else {"attribution": attributions}
     for name, a in maps.items():
         if a.shape != x.shape:
-            raise ValueError(f"plot: {name} has shape {tuple(a.shape)}, x has {tuple(x.shape)}")
+            raise RobustkitError(f"plot: {name} has shape {tuple(a.shape)}, x has {tuple(x.shape)}")
     n = min(len(x), max_images)
     fig = Figure(figsize=(1.6 * (1 + len(maps)), 1.6 * n))
     axes = fig.subplots(n, 1 + len(maps), squeeze=False)
@@ -90,11 +175,11 @@ def plot(x: Tensor, attributions: Tensor | Mapping[str, Tensor], *,
                       vmin=-peak if is_signed else 0.0, vmax=peak,
                       alpha=alpha if overlay else 1.0)
             if i == 0:
-                ax.set_title(name, fontsize=8)
+                ax.set_title(literal(name), fontsize=8)
         if i == 0:
             axes[i, 0].set_title("input", fontsize=8)
         if labels is not None:
-            axes[i, 0].set_ylabel(labels[i], fontsize=7)
+            axes[i, 0].set_ylabel(literal(labels[i]), fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -112,11 +197,12 @@ def plot_faithfulness(results: Mapping[str, Mapping[str, Any]], *,
     axes = fig.subplots(1, len(modes), squeeze=False)[0]
     for ax, mode in zip(axes, modes):
         for name, r in results.items():
-            ax.plot(r["fractions"], r[mode]["curve"], label=f"{name} (AUC {r[mode]['auc']:.3f})")
+            ax.plot(r["fractions"], r[mode]["curve"],
+                    label=literal(f"{name} (AUC {r[mode]['auc']:.3f})"))
         rnd = first["random"][mode]
         ax.plot(first["fractions"], rnd["curve"], "k--", label=f"random (AUC {rnd['auc']:.3f})")
         ax.set_xlabel("fraction of pixels " + ("removed" if mode == "deletion" else "inserted"))
-        ax.set_ylabel(f"mean {first['score']} of the target class")
+        ax.set_ylabel(literal(f"mean {first['score']} of the target class"))
         ax.set_title(mode)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -137,13 +223,14 @@ def plot_sanity(result: Mapping[str, Sequence[Mapping[str, Any]]], *,
     for ax, metric in zip(axes, metrics):
         for method, steps in result.items():
             line, = ax.plot(range(len(ticks)), [1.0] + [s[metric] for s in steps], "o-",
-                            label=method, markersize=3)
+                            label=literal(method), markersize=3)
             if method in baseline:
                 ax.axhline(baseline[method][metric], color=line.get_color(), ls=":", lw=1)
-        ax.set_xticks(range(len(ticks)), ticks, rotation=60, fontsize=7)
-        ax.set_ylabel(metric)
+        ax.set_xticks(range(len(ticks)), [literal(t) for t in ticks], rotation=60, fontsize=7)
+        ax.set_ylabel(literal(metric))
         ax.set_ylim(-0.5 if metric == "spearman" else -0.1, 1.05)
-        ax.set_title(f"{getattr(result, 'mode', 'cascading')} randomization", fontsize=9)
+        ax.set_title(literal(f"{getattr(result, 'mode', 'cascading')} randomization"),
+                     fontsize=9)
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     return _save(fig, path)

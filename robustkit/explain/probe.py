@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from robustkit.errors import RobustkitError
 
 #: Activation (and pooling) module types whose gradients captum's hook-based methods
 #: rewrite, each with the names of the torch functions that compute the same thing.
@@ -127,6 +128,6 @@ def probe(model: nn.Module, x1: torch.Tensor) -> Probe:
             h.remove()
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits (N, K), got {shape}")
+        raise RobustkitError(f"the model must return logits (N, K), got {shape}")
     result.num_classes = int(out.shape[1])
     return result

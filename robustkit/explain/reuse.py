@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from robustkit.explain.batching import chunks
-from robustkit.models.layout import nhwc
+from robustkit.core.layout import nhwc
 
 Tensor = torch.Tensor
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.attacks.base import borrowed, check_inputs, model_device
+from robustkit.core import borrowed, check_inputs, model_device
 from robustkit.errors import RobustkitError
 from robustkit.explain import compare
 from robustkit.explain.attribution import Target, attribute

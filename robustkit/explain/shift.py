@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.attacks.base import check_inputs
+from robustkit.core import check_inputs
 from robustkit.errors import RobustkitError
 from robustkit.explain import compare
 from robustkit.explain.attribution import Target, attribute
-from robustkit.train import predict
+from robustkit.core import predict
 
 Tensor = torch.Tensor
 

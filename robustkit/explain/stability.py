@@ -27,7 +27,7 @@ import torch
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
-from robustkit.attacks.base import check_eps, check_positive_int
+from robustkit.core import check_eps, check_positive_int
 from robustkit.explain.attribution import Target, explaining
 from robustkit.explain.rng import seeded
 

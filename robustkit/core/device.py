@@ -33,3 +33,26 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RobustkitError("device 'mps' was asked for, but MPS is not available")
     return torch.device(device)
+
+
+def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """The autocast dtype for ``device``: float16 on CUDA, bfloat16 on a capable CPU, or None."""
+    if amp is False:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu":
+        if amp is None and not cpu_has_native_bf16():
+            return None
+        return torch.bfloat16
+    if amp:
+        raise RobustkitError(f"mixed precision is not supported on {device.type}")
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX), so autocast pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
