@@ -328,6 +328,7 @@ class Guard:
                 self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 self._optimizer = copy.deepcopy(optimizer.state_dict())
             return acc, None
+        assert self._weights is not None and self._optimizer is not None  # set with best
         model.load_state_dict(self._weights)
         optimizer.load_state_dict(self._optimizer)
         event = {"epoch": epoch, "pgd_accuracy": acc, "best_accuracy": best,

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import gzip
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robustkit.core import write_atomic
 from robustkit.errors import RobustkitError
 from robustkit.registry import Registry
 
@@ -171,11 +173,10 @@ def _mnist_5k_arrays() -> dict[str, np.ndarray]:
     test = stratified_indices(y, MNIST_5K_TEST, seed=0)
     is_test = np.zeros(len(y), dtype=bool)
     is_test[test] = True
-    arrays = {"x": x, "y": y, "is_test": is_test}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache)  # atomic: a reader never sees half a file
+    arrays: dict[str, np.ndarray] = {"x": x, "y": y, "is_test": is_test}
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y, is_test=is_test)
+    write_atomic(cache, buffer.getvalue())  # a reader never sees half a file
     return arrays
 
 
@@ -199,7 +200,8 @@ def _torchvision_reader(cls_name: str, folder: str, files_hint: str, channels_la
             ds = cls(str(root), train=(split == "train"), download=download)
         except RuntimeError as err:
             raise RobustkitError(
-                f"{cls_name} not found or corrupted under {root / folder} (looked for {files_hint}); "
+                f"{cls_name} not found or corrupted under {root / folder} "
+                f"(looked for {files_hint}); "
                 f"pass download=True (CLI: --download) or put the files there "
                 f"[torchvision: {err}]"
             ) from None

@@ -244,12 +244,13 @@ def _bisection_curve(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor,
                     xb, yb = x[b].to(dev), y[b].to(dev)
                     e = grid[mb].to(dev).view(-1, 1, 1, 1)  # (B, 1, 1, 1): own eps each
                     a = e * 2.5 / steps if alpha is None else torch.full_like(e, alpha)
-                    start = tm.start_from(xb, unit[b].to(dev), e) if random_start else xb
+                    start = tm.start_from(xb, unit[b].to(dev), e) if unit is not None else xb
                     spent = torch.zeros(len(b), dtype=torch.long, device=dev)
-                    _, hit = iterate(model, xb, yb, start, threat=tm, eps=e, alpha=a,
-                                     steps=steps, targeted=targeted, early_stop=True,
-                                     spent=spent)
-                    hit = hit.cpu()
+                    _, success = iterate(model, xb, yb, start, threat=tm, eps=e, alpha=a,
+                                         steps=steps, targeted=targeted, early_stop=True,
+                                         spent=spent)
+                    assert success is not None  # early_stop=True returns the success mask
+                    hit = success.cpu()
                     hi[b[hit]] = mb[hit]
                     lo[b[~hit]] = mb[~hit]
                     attacked.index_add_(0, mb, torch.ones_like(mb))
@@ -315,7 +316,7 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
     try:
         correct = predict(model, x).argmax(1) == y.cpu()  # (N,)
         clean = tick(float(correct.float().mean()))
-        pgd_kw = {"norm": norm, "seed": seed}
+        pgd_kw: dict[str, Any] = {"norm": norm, "seed": seed}
         pgd_ok = correct & attack_outcomes(model, x, y, "pgd", batch_size, progress=False,
                                            eps=eps, steps=steps, **pgd_kw)["model"]  # (N,)
         pgd_acc = tick(float(pgd_ok.float().mean()))

@@ -82,7 +82,9 @@ def ssim(x: Tensor, x_adv: Tensor) -> Tensor:
     _same_shape(x, x_adv, "ssim")
     a = x_adv.detach().float().cpu()
     b = x.detach().float().cpu()
-    return structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").reshape(-1)
+    value = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    assert isinstance(value, torch.Tensor)  # a tuple only with return_full_image=True
+    return value.reshape(-1)
 
 
 def _same_shape(x: Tensor, x_adv: Tensor, what: str) -> None:

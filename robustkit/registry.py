@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from robustkit.errors import RobustkitError
 
-F = TypeVar("F", bound=Callable)
+F = TypeVar("F")
 
 
 class Registry(Generic[F]):
@@ -44,7 +44,7 @@ class Registry(Generic[F]):
         """The factory for ``name``; an unknown name raises with the valid names listed."""
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable "name" (a list)
             valid = ", ".join(self.names())
             raise RobustkitError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
@@ -53,7 +53,7 @@ class Registry(Generic[F]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

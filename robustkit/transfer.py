@@ -44,6 +44,8 @@ class Ensemble(nn.Module):
         torch.Size([16, 10])
     """
 
+    weights: Tensor  # (M,) buffer, sums to 1
+
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None
                  ) -> None:
         super().__init__()
@@ -60,7 +62,8 @@ class Ensemble(nn.Module):
         self.training = any(m.training for m in models)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, K)
-        return sum(w * m(x) for w, m in zip(self.weights, self.members))
+        logits = [w * m(x) for w, m in zip(self.weights.unbind(), self.members)]
+        return torch.stack(logits).sum(0)
 
 
 class TransferResult(dict):

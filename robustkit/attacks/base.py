@@ -8,6 +8,9 @@ is never touched and no weight gradient is computed. The input tensor is never w
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,13 +26,50 @@ Tensor = torch.Tensor
 TOLERANCE = 1e-5
 
 
+_NONNEG = ("eps", "alpha", "c", "kappa", "lr", "overshoot", "decay", "diversity_scale",
+           "max_eps")
+_FRACTION = ("diversity_prob",)
+_POSINT = ("steps", "restarts", "binary_search_steps", "search_steps", "candidates")
+_BOOL = ("random_start", "targeted")
+_MAY_BE_NONE = ("alpha", "candidates", "seed")
+
+
+def check_value(key: str, value: Any, what: str) -> None:
+    """An attack option's value, by the option's name: radii and rates finite and >= 0,
+    counts integers >= 1, flags booleans, a known norm, an integer seed. Options of other
+    names are the attack's own business."""
+    if value is None and key in _MAY_BE_NONE:
+        return
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if key in _NONNEG and not (number and math.isfinite(value) and value >= 0):
+        raise RobustkitError(f"{what}: {key} must be a finite number >= 0, got {value!r}")
+    if key in _FRACTION and not (number and 0 <= value <= 1):
+        raise RobustkitError(f"{what}: {key} must be a number in [0, 1], got {value!r}")
+    if key in _POSINT and not (number and isinstance(value, int) and value >= 1):
+        raise RobustkitError(f"{what}: {key} must be an integer >= 1, got {value!r}")
+    if key in _BOOL and not isinstance(value, bool):
+        raise RobustkitError(f"{what}: {key} must be true or false, got {value!r}")
+    if key == "norm" and value not in THREATS:
+        raise RobustkitError(
+            f"{what}: norm must be one of {', '.join(THREATS.names())}, got {value!r}")
+    if key == "seed" and not (number and isinstance(value, int)):
+        raise RobustkitError(f"{what}: seed must be an integer, got {value!r}")
+
+
+def check_values(what: str, **options: Any) -> None:
+    """:func:`check_value` for each option; every attack calls it on its own options."""
+    for key, value in options.items():
+        check_value(key, value, what)
+
+
 def threat_model(norm: str, what: str = "attack") -> ThreatModel:
     if norm not in THREATS:
-        raise RobustkitError(f"{what}: norm must be one of {', '.join(THREATS.names())}, got {norm!r}")
+        raise RobustkitError(
+            f"{what}: norm must be one of {', '.join(THREATS.names())}, got {norm!r}")
     return THREATS.get(norm)
 
 
-def prepare(model: nn.Module, x: Tensor, y: Tensor | None, what: str) -> tuple[Tensor, Tensor | None]:
+def prepare(model: nn.Module, x: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
     """Check inputs and the model's contract, move the inputs to the model's device and
     dtype, and check labels against the logits.
 
@@ -44,9 +84,8 @@ def prepare(model: nn.Module, x: Tensor, y: Tensor | None, what: str) -> tuple[T
     # dtype take the model's (float64 images on a float32 model would otherwise fail).
     x0 = x.detach().to(dev, dtype=model_dtype(model) or x.dtype, copy=True
                        ).contiguous(memory_format=torch.channels_last)
-    y0 = y.detach().to(dev, copy=True).long() if y is not None else None
-    if y0 is not None:
-        check_labels(y0, k, what)
+    y0 = y.detach().to(dev, copy=True).long()
+    check_labels(y0, k, what)
     return x0, y0
 
 
@@ -125,5 +164,6 @@ def generator(seed: int | None) -> torch.Generator | None:
 
 
 __all__ = ["TOLERANCE", "borrowed", "check_eps", "check_inputs", "check_labels",
-           "check_positive_int", "check_result", "fooled", "generator", "input_grad", "margin",
-           "model_device", "per_example", "prepare", "threat_model"]
+           "check_positive_int", "check_result", "check_value", "check_values", "fooled",
+           "generator", "input_grad", "margin", "model_device", "per_example", "prepare",
+           "threat_model"]

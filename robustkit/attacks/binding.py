@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,8 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.attacks.base import check_result
-from robustkit.attacks.threat import THREATS
+from robustkit.attacks.base import check_result, check_value
 from robustkit.core import check_inputs, model_contract
 from robustkit.errors import RobustkitError
 from robustkit.registry import Registry
@@ -51,12 +49,6 @@ ATTACKS: Registry[Callable[..., Tensor]] = Registry("attack")
 
 #: Registered attacks that measure a distance: no eps, never labelled with one.
 DISTANCE = frozenset({"deepfool", "cw_l2", "minimal_targeted"})
-
-_NONNEG = ("eps", "alpha", "c", "kappa", "lr", "overshoot", "decay", "diversity_scale",
-           "max_eps")
-_POSINT = ("steps", "restarts", "binary_search_steps", "search_steps", "candidates")
-_BOOL = ("random_start", "targeted")
-
 
 @dataclass(frozen=True)
 class AttackSpec:
@@ -77,6 +69,7 @@ class AttackSpec:
     target: Any
     params: frozenset[str] | None
     takes_eps: bool
+    required: frozenset[str] = frozenset()
 
     @property
     def measures_distance(self) -> bool:
@@ -103,6 +96,13 @@ def _keyword_params(fn: Callable[..., Any], skip: int) -> tuple[frozenset[str] |
     return names, "eps" in names
 
 
+def _required(fn: Callable[..., Any], skip: int) -> frozenset[str]:
+    """The options of ``fn`` (after ``skip`` positional parameters) without a default."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return frozenset(p.name for p in params if p.default is p.empty
+                     and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def import_attack(text: str) -> Callable[..., Tensor]:
     """Import a user's attack ``"package.module:function"`` (robustkit's signature,
     ``function(model, x, y, **options) -> x_adv``)."""
@@ -125,10 +125,11 @@ def spec(attack: Any) -> AttackSpec:
         if ":" in attack:
             fn = import_attack(attack)
             params, takes_eps = _keyword_params(fn, 3)
-            return AttackSpec(attack, "function", fn, params, takes_eps)
+            return AttackSpec(attack, "function", fn, params, takes_eps, _required(fn, 3))
         fn = ATTACKS.get(attack)
         params, _ = _keyword_params(fn, 3)
-        return AttackSpec(attack, "registered", fn, params, attack not in DISTANCE)
+        return AttackSpec(attack, "registered", fn, params, attack not in DISTANCE,
+                          _required(fn, 3))
     if _is_torchattacks(attack):
         names = frozenset(k for k, v in vars(attack).items()
                           if not k.startswith("_") and isinstance(v, (bool, int, float))
@@ -143,35 +144,10 @@ def spec(attack: Any) -> AttackSpec:
         first = next(iter(inspect.signature(attack).parameters), None)
     except (TypeError, ValueError):  # a builtin without a signature: (x, y) only
         return AttackSpec(name, "callable", attack, frozenset(), False)
-    if first == "model":
-        params, takes_eps = _keyword_params(attack, 3)
-        return AttackSpec(name, "function", attack, params, takes_eps)
-    params, takes_eps = _keyword_params(attack, 2)
-    return AttackSpec(name, "callable", attack, params, takes_eps)
-
-
-def _check_value(key: str, value: Any, where: str) -> Any:
-    """Numbers in range, known norms, booleans: caught when the options are bound."""
-    if key in _NONNEG:
-        if value is None and key in ("alpha", "candidates"):
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0:
-            raise RobustkitError(f"{where}: {key} must be a finite number >= 0, got {value!r}")
-    elif key in _POSINT:
-        if value is None and key == "candidates":
-            return value
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RobustkitError(f"{where}: {key} must be an integer >= 1, got {value!r}")
-    elif key in _BOOL and not isinstance(value, bool):
-        raise RobustkitError(f"{where}: {key} must be true or false, got {value!r}")
-    elif key == "norm" and value not in THREATS:
-        raise RobustkitError(
-            f"{where}: norm must be one of {', '.join(THREATS.names())}, got {value!r}")
-    elif key == "seed" and value is not None and (isinstance(value, bool)
-                                                  or not isinstance(value, int)):
-        raise RobustkitError(f"{where}: seed must be an integer, got {value!r}")
-    return value
+    skip = 3 if first == "model" else 2
+    params, takes_eps = _keyword_params(attack, skip)
+    return AttackSpec(name, "function" if skip == 3 else "callable", attack, params, takes_eps,
+                      _required(attack, skip))
 
 
 def check_options(attack: Any, options: Mapping[str, Any] | None = None, *,
@@ -207,9 +183,9 @@ def check_options(attack: Any, options: Mapping[str, Any] | None = None, *,
         if s.params is not None and key not in s.params:
             raise RobustkitError(
                 f"{where} takes no option {key!r}; its options: {s.valid()}")
-        _check_value(key, value, where)
+        check_value(key, value, where)
     if eps is not None:
-        _check_value("eps", eps, where)
+        check_value("eps", eps, where)
     return s
 
 
@@ -321,6 +297,12 @@ def bind(attack: Any, model: nn.Module | None, options: Mapping[str, Any] | None
     for key, value in (defaults or {}).items():
         if (s.params is not None and key in s.params) and key not in opts:
             opts[key] = value
+    missing = sorted(s.required - set(opts) - ({"eps"} if eps is not None else set()))
+    if missing:
+        raise RobustkitError(
+            f"{what}: attack {s.name!r} needs {', '.join(missing)}"
+            f"{' (its radius)' if missing == ['eps'] else ''}; give "
+            f"{' and '.join(f'{k}=...' for k in missing)}")
     if model is None and s.kind != "callable":
         raise RobustkitError(f"{what}: attack {s.name!r} needs the model to attack")
     return BoundAttack(s, model, opts, None if eps is None else float(eps), what)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
+                                    check_values,
                                     margin, prepare)
 from robustkit.errors import RobustkitError
 
@@ -66,6 +67,8 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
                lr: float, binary_search_steps: int, targeted: bool, what: str
                ) -> tuple[Tensor, Tensor]:
     """The C&W loop; returns the adversarial images and the per-example success mask."""
+    check_values(what, c=c, kappa=kappa, steps=steps, lr=lr,
+                 binary_search_steps=binary_search_steps, targeted=targeted)
     c = check_eps(c, what, "c")
     if c == 0:
         raise RobustkitError(f"{what}: c must be > 0")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
+from robustkit.attacks.base import (borrowed, check_eps, check_result,
+                                    check_values,
                                     prepare)
 from robustkit.attacks.threat import flat_norm
 
@@ -38,7 +39,7 @@ def deepfool(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 50,
         >>> x_adv = deepfool(model, x, y, steps=50, overshoot=0.02)     # doctest: +SKIP
         >>> (x_adv - x).flatten(1).norm(dim=1).median()                # doctest: +SKIP
     """
-    check_positive_int(steps, "deepfool", "steps")
+    check_values("deepfool", steps=steps, overshoot=overshoot, candidates=candidates)
     overshoot = check_eps(overshoot, "deepfool", "overshoot")
     x0, y0 = prepare(model, x, y, "deepfool")
     n = len(x0)

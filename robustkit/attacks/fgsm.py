@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustkit.attacks.base import (borrowed, check_eps, check_result, input_grad, per_example,
-                                    prepare)
+from robustkit.attacks.base import (borrowed, check_eps, check_result, check_values, input_grad,
+                                    per_example, prepare)
 from robustkit.attacks.threat import THREATS
 
 
@@ -31,6 +31,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     Example:
         >>> x_adv = fgsm(model, x, y, eps=0.1)            # doctest: +SKIP
     """
+    check_values("fgsm", eps=eps, targeted=targeted)
     eps = check_eps(eps, "fgsm")
     x0, y0 = prepare(model, x, y, "fgsm")
     tm = THREATS.get("linf")

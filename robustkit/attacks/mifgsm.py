@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
+from robustkit.attacks.base import (borrowed, check_eps, check_result,
+                                    check_values,
                                     generator, per_example, prepare)
 from robustkit.attacks.threat import THREATS, flat_norm
-from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
 
@@ -64,13 +64,13 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
         Adversarial images (N, C, H, W) inside the Linf eps-ball and [0, 1].
 
     Example:
-        >>> x_adv = mifgsm(model, x, y, eps=0.2, steps=10, diversity_prob=0.5, seed=0)  # doctest: +SKIP
+        >>> x_adv = mifgsm(model, x, y, eps=0.2, diversity_prob=0.5, seed=0)  # doctest: +SKIP
     """
+    check_values("mifgsm", eps=eps, alpha=alpha, steps=steps, decay=decay,
+                 diversity_prob=diversity_prob, diversity_scale=diversity_scale,
+                 targeted=targeted, seed=seed)
     eps = check_eps(eps, "mifgsm")
-    check_positive_int(steps, "mifgsm", "steps")
     alpha = eps / steps if alpha is None else check_eps(alpha, "mifgsm", "alpha")
-    if not 0 <= diversity_prob <= 1:
-        raise RobustkitError(f"mifgsm: diversity_prob must be in [0, 1], got {diversity_prob}")
     x0, y0 = prepare(model, x, y, "mifgsm")
     tm = THREATS.get("linf")
     gen = generator(seed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustkit.attacks.base import (borrowed, check_positive_int, check_result, per_example,
+from robustkit.attacks.base import (borrowed, check_positive_int, check_result, check_values,
+                                    per_example,
                                     prepare, threat_model)
 from robustkit.attacks.cw import _cw_search
 from robustkit.attacks.pgd import iterate
@@ -49,6 +50,8 @@ def minimal_targeted(model: nn.Module, x: Tensor, target: Tensor, *, norm: str =
         >>> x_adv, size = minimal_targeted(model, x, threes, norm="l2")      # doctest: +SKIP
     """
     tm = threat_model(norm, "minimal_targeted")
+    check_values("minimal_targeted", norm=norm, steps=steps, search_steps=search_steps,
+                 max_eps=max_eps)
     check_positive_int(search_steps, "minimal_targeted", "search_steps")
     check_positive_int(steps, "minimal_targeted", "steps", minimum=search_steps)
     if norm == "l2":
@@ -79,9 +82,11 @@ def _linf_bisection(model: nn.Module, x: Tensor, target: Tensor, probe_steps: in
             e = per_example(eps, n, x0)
             # Warm start: the last success, projected into the smaller ball.
             start = tm.project(best, x0, e)
-            x_adv, hit = iterate(model, x0, t0, start, threat=tm, eps=e,
-                                 alpha=e * 2.5 / max(probe_steps, 1), steps=probe_steps,
-                                 targeted=True, early_stop=True)
+            x_adv, found = iterate(model, x0, t0, start, threat=tm, eps=e,
+                                   alpha=e * 2.5 / max(probe_steps, 1), steps=probe_steps,
+                                   targeted=True, early_stop=True)
+            assert found is not None  # early_stop=True returns the success mask
+            hit = found
             best[hit] = x_adv[hit]
             success |= hit
             hi = torch.where(hit, eps, hi)

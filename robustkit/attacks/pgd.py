@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
+                                    check_values,
                                     fooled, generator, input_grad, per_example, prepare,
                                     threat_model)
 from robustkit.attacks.threat import ThreatModel
@@ -91,7 +92,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
     Example:
         >>> x_adv = pgd(model, x, y, eps=0.3, alpha=0.01, steps=40, seed=0)   # doctest: +SKIP
     """
-    what = "pgd" if random_start else "bim"
+    what = "pgd" if random_start is True else "bim"
+    check_values(what, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
+                 restarts=restarts, targeted=targeted, seed=seed)
     eps = check_eps(eps, what)
     check_positive_int(steps, what, "steps")
     check_positive_int(restarts, what, "restarts")
@@ -102,8 +105,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
     e = per_example(eps, len(x0), x0)
     a = per_example(alpha, len(x0), x0)
     with borrowed(model, what, fast_layout=True):
-        best, best_loss, best_hit = None, None, None
-        for _ in range(restarts):
+        best = best_loss = best_hit = x0  # placeholders; the first run replaces them
+        for run in range(restarts):
             start = tm.random_start(x0, e, gen) if random_start else x0
             x_adv, _ = iterate(model, x0, y0, start, threat=tm, eps=e, alpha=a, steps=steps,
                                targeted=targeted)
@@ -114,7 +117,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
                 logits = model(x_adv)
             hit = fooled(logits, y0, targeted)
             loss = F.cross_entropy(logits, y0, reduction="none") * (-1 if targeted else 1)
-            if best is None:
+            if run == 0:
                 best, best_loss, best_hit = x_adv, loss, hit
                 continue
             # Take the new run where it fools and the old did not, or where neither

@@ -64,7 +64,7 @@ class ThreatModel:
         return self.start_from(x, self.unit_noise(x.shape, x, generator), eps)
 
     def start_from(self, x: Tensor, unit: Tensor, eps: Tensor) -> Tensor:
-        """The start ``x + eps * unit`` for unit-ball noise ``unit``, projected into ball and box."""
+        """The start ``x + eps * unit`` for unit-ball noise ``unit``, in ball and box."""
         return self.project(x + eps * unit, x, eps)
 
     def norm(self, delta: Tensor) -> Tensor:

@@ -74,14 +74,15 @@ def check_labels(y: Tensor, num_classes: int, what: str = "attack") -> None:
 
 def check_eps(eps: Any, what: str = "attack", name: str = "eps") -> float:
     """``eps`` (or another radius-like option) must be a finite number >= 0."""
+    message = f"{what}: {name} must be a finite number >= 0, got {eps!r}"
     if isinstance(eps, bool):
-        raise RobustkitError(f"{what}: {name} must be a number, got {eps!r}")
+        raise RobustkitError(message)
     try:
         value = float(eps)
     except (TypeError, ValueError, OverflowError):
-        raise RobustkitError(f"{what}: {name} must be a number, got {eps!r}") from None
+        raise RobustkitError(message) from None
     if not math.isfinite(value) or value < 0:
-        raise RobustkitError(f"{what}: {name} must be finite and >= 0, got {eps}")
+        raise RobustkitError(message)
     return value
 
 

@@ -30,7 +30,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         raise RobustkitError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise RobustkitError("device 'cuda' was asked for, but torch sees no CUDA GPU")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    mps = getattr(torch.backends, "mps", None)
+    if kind == "mps" and not (mps is not None and mps.is_available()):
         raise RobustkitError("device 'mps' was asked for, but MPS is not available")
     return torch.device(device)
 

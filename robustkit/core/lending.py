@@ -31,10 +31,8 @@ Tensor = torch.Tensor
 
 def model_device(model: nn.Module, x: Tensor | None = None) -> torch.device:
     """The device of the model's first parameter or buffer, else the input's (else CPU)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
     return x.device if x is not None else torch.device("cpu")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.core import borrowed, check_inputs, check_labels, model_device
+from robustkit.core import borrowed, check_inputs, check_labels, model_contract, model_device
 from robustkit.errors import RobustkitError
 from robustkit.explain.batching import chunks, rows_per_pass, split_options
 from robustkit.explain.checks import refuse_traps
@@ -109,6 +109,7 @@ def explaining(model: nn.Module, x: Tensor, target: Target, method: str, *,
                                    or batch_size < 1):
         raise RobustkitError(f"{what}: batch_size must be a positive integer, got {batch_size!r}")
     dev = model_device(model, x)
+    model_contract(model, x, what)
     with borrowed(model, what=what, stacklevel=6):  # the caller of attribute/robustness
         xs = x.detach().to(dev, copy=True)
         found = probe(model, xs[:1])

@@ -50,7 +50,8 @@ class SkipUnchanged:
     @torch.no_grad()
     def _run(self, inputs: Tensor) -> Tensor:
         self.evaluated += len(inputs)
-        return torch.cat([self.model(nhwc(inputs[part])) for part in chunks(len(inputs), self.rows)])
+        parts = chunks(len(inputs), self.rows)
+        return torch.cat([self.model(nhwc(inputs[part])) for part in parts])
 
     @torch.no_grad()
     def __call__(self, inputs: Tensor) -> Tensor:

@@ -57,7 +57,8 @@ class SanityResult(dict):
 
     def __init__(self, steps: dict[str, list[dict[str, Any]]], *, mode: str, layers: list[str],
                  baseline: dict[str, dict[str, float]],
-                 data_randomization: dict[str, dict[str, float]] | None = None) -> None:
+                 data_randomization: dict[str, dict[str, float | None]] | None = None
+                 ) -> None:
         super().__init__(steps)
         self.mode = mode
         self.layers = layers
@@ -80,7 +81,7 @@ class SanityResult(dict):
             label = f"up to {layer}" if self.mode == "cascading" else layer
             lines.append(f"| {label} | " + " | ".join(f"{self[m][i][metric]:.3f}"
                                                        for m in methods) + " |")
-        extra = [("random maps", self.baseline)]
+        extra: list[tuple[str, Any]] = [("random maps", self.baseline)]
         if self.data_randomization:
             extra.append(("data randomization", self.data_randomization))
         for label, rows in extra:
@@ -113,8 +114,9 @@ def randomize(module: nn.Module) -> None:
     """Re-initialize ``module``'s own parameters from the global generator: its
     ``reset_parameters`` (PyTorch's default initialization) where it has one, else a
     normal draw with the trained parameters' standard deviation."""
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
         return
     with torch.no_grad():
         for p in module.parameters(recurse=False):
@@ -188,6 +190,7 @@ def sanity_check(model: nn.Module, x: Tensor, target: Target, methods: Sequence[
     baseline = {m: similarities(original[m], noise) for m in methods}
     data = None
     if data_randomization:
+        assert train is not None  # refused above when missing
         data = _data_randomization(work, trained_state, layers, original, maps, train,
                                    dict(fit_options or {}), seed)
     return SanityResult(steps, mode=mode, layers=layers, baseline=baseline,
@@ -198,7 +201,8 @@ def _data_randomization(work: nn.Module, trained_state: dict[str, Tensor], layer
                         original: dict[str, Tensor],
                         maps: Callable[[nn.Module], dict[str, Tensor]],
                         train: tuple[Tensor, Tensor],
-                        fit_options: dict[str, Any], seed: int) -> dict[str, dict[str, float]]:
+                        fit_options: dict[str, Any], seed: int
+                        ) -> dict[str, dict[str, float | None]]:
     """Re-initialize ``work``, fit it on ``train`` with permuted labels, compare its maps."""
     from robustkit.train import fit
 
