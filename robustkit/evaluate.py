@@ -296,54 +296,55 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
     check_inputs(x, y, what="validity_checks")
     eps = check_eps(eps, "validity_checks")
     threat_model(norm, "validity_checks")  # refuse an unknown norm before any work
-    if large_eps is None:
-        large_eps = 0.5 if norm == "linf" else 10.0
-
+    large_eps = check_eps((0.5 if norm == "linf" else 10.0) if large_eps is None else large_eps,
+                          "validity_checks", "large_eps")
     check_positive_int(steps, "validity_checks", "steps")
     check_positive_int(batch_size, "validity_checks", "batch_size")
-    large_eps = check_eps(large_eps, "validity_checks", "large_eps")
     model_contract(model, x, "validity_checks")
+    pgd_kw: dict[str, Any] = {"norm": norm, "seed": seed, "eps": eps}
 
-    def acc(attack: str, **kw: Any) -> float:
+    def acc(attack: str, **kw: Any) -> float:  # robust accuracy, and one tick of the bar
+        bar.update()
         return robust_accuracy(model, x, y, attack, batch_size=batch_size, progress=False, **kw)
 
-    bar = tqdm(total=8, disable=not progress, desc="validity checks", leave=False)
-
-    def tick(value: float) -> float:
-        bar.update()
-        return value
-
+    bar = tqdm(total=7, disable=not progress, desc="validity checks", leave=False)
     try:
         correct = predict(model, x).argmax(1) == y.cpu()  # (N,)
-        clean = tick(float(correct.float().mean()))
-        pgd_kw: dict[str, Any] = {"norm": norm, "seed": seed}
         pgd_ok = correct & attack_outcomes(model, x, y, "pgd", batch_size, progress=False,
-                                           eps=eps, steps=steps, **pgd_kw)["model"]  # (N,)
-        pgd_acc = tick(float(pgd_ok.float().mean()))
-        if norm == "linf":
-            single = tick(acc("fgsm", eps=eps))
-        else:
-            single = tick(acc("pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm))
-        pgd_double = tick(acc("pgd", eps=eps, steps=2 * steps, **pgd_kw))
+                                           steps=steps, **pgd_kw)["model"]  # (N,)
+        pgd_acc = float(pgd_ok.float().mean())
+        single = (acc("fgsm", eps=eps) if norm == "linf" else
+                  acc("pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm))
+        pgd_double = acc("pgd", steps=2 * steps, **pgd_kw)
         grid = sorted({eps / 4, eps / 2, eps, 2 * eps, large_eps})
         curve = robustness_curve(model, x, y, attack="pgd", eps=grid, steps=steps, norm=norm,
                                  seed=seed, progress=False, batch_size=batch_size)
-        tick(0.0)
         curve_acc = [r["accuracy"] for r in curve]  # sorted by eps, like grid
-        large_acc = curve_acc[grid.index(large_eps)]
+        bar.update(3)
         x_noise = _noise_at_radius(x, eps, norm, generator(seed))
         noise_ok = correct & (predict(model, x_noise).argmax(1) == y.cpu())  # (N,)
-        tick(0.0)
         transfer_acc = None
         if transfer_from is not None:
             tr_ok = attack_outcomes(transfer_from, x, y, "pgd", batch_size, progress=False,
-                                    scorers={"model": model}, eps=eps, steps=steps,
-                                    **pgd_kw)["model"]
+                                    scorers={"model": model}, steps=steps, **pgd_kw)["model"]
             transfer_acc = float((correct & tr_ok).float().mean())
-        tick(0.0)
+        bar.update(2)
     finally:
         bar.close()
+    checks = _verdicts(pgd_acc=pgd_acc, single=single, pgd_double=pgd_double, grid=grid,
+                       curve_acc=curve_acc, large_eps=large_eps, pgd_ok=pgd_ok,
+                       noise_ok=noise_ok, transfer_acc=transfer_acc, steps=steps,
+                       noise=f"random {norm} noise of size {eps:g}")
+    ran = [c["passed"] for c in checks if c["passed"] is not None]
+    return {"passed": all(ran), "clean_accuracy": float(correct.float().mean()), "eps": eps,
+            "norm": norm, "checks": checks}
 
+
+def _verdicts(*, pgd_acc: float, single: float, pgd_double: float, grid: list[float],
+              curve_acc: list[float], large_eps: float, pgd_ok: Tensor, noise_ok: Tensor,
+              transfer_acc: float | None, steps: int, noise: str) -> list[dict[str, Any]]:
+    """The checks of :func:`validity_checks`, each with its numbers, from the measurements."""
+    large_acc = curve_acc[grid.index(large_eps)]
     checks = [
         # One point of slack: on a sound model PGD can trail FGSM by a few examples.
         {"name": "iterative_beats_single_step", "passed": pgd_acc <= single + 0.01,
@@ -359,7 +360,7 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
         {"name": "large_eps_reaches_zero", "passed": large_acc <= 0.02,
          "eps": large_eps, "accuracy": large_acc,
          "detail": f"accuracy {large_acc:.3f} at eps {large_eps:g}"},
-        _beats_random_noise(pgd_ok, noise_ok, f"random {norm} noise of size {eps:g}"),
+        _beats_random_noise(pgd_ok, noise_ok, noise),
     ]
     if transfer_acc is not None:
         checks.append({"name": "beats_transfer", "passed": pgd_acc <= transfer_acc + 1e-9,
@@ -368,9 +369,7 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
     else:
         checks.append({"name": "beats_transfer", "passed": None,
                        "detail": "skipped: no transfer_from model given"})
-    ran = [c["passed"] for c in checks if c["passed"] is not None]
-    return {"passed": all(ran), "clean_accuracy": clean, "eps": eps, "norm": norm,
-            "checks": checks}
+    return checks
 
 
 def _beats_random_noise(pgd_ok: Tensor, noise_ok: Tensor, noise: str,

@@ -21,28 +21,29 @@ Example:
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from robustkit.core import write_atomic
 from robustkit.errors import RobustkitError
+from robustkit.models.checkpoint import torch_load
 
 #: Bumped when the stored layout changes; older files are refused.
 FORMAT = 1
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"format": FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, rename).
+
+    Raises:
+        RobustkitError: the file cannot be written (full disk, no permission), naming it.
+    """
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load(path: str | Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,10 +58,9 @@ def load(path: str | Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise RobustkitError(f"resume file {path} cannot be read ({err}); delete it to "
-                             f"train from the start") from err
+        state = torch_load(path, "resume file")
+    except RobustkitError as err:  # any unreadable file gets the same advice
+        raise RobustkitError(f"{err}; delete it to train from the start") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise RobustkitError(f"resume file {path} has another format; delete it to train "
                              f"from the start")

@@ -1,4 +1,10 @@
-"""Training: ``fit(model, train, test, ...) -> History``.
+"""Training: ``fit(model, train, test, ...) -> History``, and ``train_and_save``.
+
+:func:`fit` is three steps: :func:`setup` checks the data and the model and builds a
+:class:`TrainingRun` (device, precision, optimizer, schedule, scaler, adversarial loss,
+guard, resumed state); :func:`run_epoch` trains and scores one epoch and returns its
+record; :func:`epoch_line` formats it. :func:`train_and_save` is the one train-then-save
+that the CLI and the experiment runner share.
 
 Mini-batch SGD (Nesterov momentum) or Adam under a one-cycle learning-rate schedule
 (Smith and Topin 2017), with random shifts and label smoothing as regularizers. On CUDA
@@ -20,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +38,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from robustkit.adversarial import AdversarialLoss, Guard, as_config, describe
+from robustkit import data, models, snapshot
+from robustkit.adversarial import (AdversarialLoss, Guard, adversarial_training, as_config,
+                                   checkpoint_metadata, describe)
 from robustkit.config import AdversarialConfig, TrainConfig
-from robustkit.device import pick_device
+from robustkit.core import (accuracy_of, amp_dtype_for, check_inputs, check_labels,
+                            check_positive_int, check_writable, model_contract, model_dtype,
+                            pick_device)
 from robustkit.errors import RobustkitError
-from robustkit import snapshot
-from robustkit.models.layout import channels_last, nhwc
+from robustkit.models.zoo import check_options
 
 Split = tuple[torch.Tensor, torch.Tensor] | TensorDataset
 
@@ -77,24 +88,29 @@ class History:
 
 
 def _as_dataset(split: Split, what: str) -> TensorDataset:
+    """``split`` as a ``TensorDataset`` of checked images (N, C, H, W) in [0, 1] and
+    integer labels (N,); anything else is a :class:`RobustkitError` naming ``what``."""
     if isinstance(split, TensorDataset):
-        return split
-    if isinstance(split, (tuple, list)) and len(split) == 2:
-        x, y = split
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise RobustkitError(f"{what} must be (x, y) tensors")
-        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-            raise RobustkitError(
-                f"{what}: x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
-            )
-        if len(x) == 0:
-            raise RobustkitError(f"{what} is empty")
-        return TensorDataset(x, y)
-    raise RobustkitError(f"{what} must be an (x, y) pair of tensors or a TensorDataset")
+        if len(split.tensors) != 2:
+            raise RobustkitError(f"{what}: a TensorDataset of (x, y), got "
+                                 f"{len(split.tensors)} tensors")
+        split = split.tensors
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise RobustkitError(f"{what} must be an (x, y) pair of tensors or a TensorDataset")
+    x, y = split
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise RobustkitError(f"{what} must be (x, y) tensors")
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise RobustkitError(f"{what}: x must be (N, C, H, W) and y (N,), got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) == 0:
+        raise RobustkitError(f"{what} is empty")
+    check_inputs(x, y, what=f"fit: {what}")
+    return TensorDataset(x, y)
 
 
-def batches(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-            pin_memory: bool = False) -> DataLoader:
+def batches(dataset: TensorDataset, batch_size: int, shuffle: bool,
+            generator: torch.Generator | None, pin_memory: bool = False) -> DataLoader:
     """A DataLoader that indexes whole batches at once (one tensor gather, no per-item collate).
 
     The sampler yields lists of indices; swap it for a distributed sampler to shard.
@@ -161,33 +177,51 @@ def loss_function(name: str, num_classes: int, label_smoothing: float = 0.0
     raise RobustkitError(f"loss must be cross_entropy or mse, got {name!r}")
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000,
-            device: str | torch.device | None = None) -> torch.Tensor:
-    """Logits for ``x`` (N, C, H, W) in batches, in eval mode; the model's mode is restored."""
-    if device is not None:
-        dev = pick_device(device)
-    else:
-        first = next(iter(model.parameters()), None)
-        if first is None:
-            first = next(iter(model.buffers()), None)
-        dev = first.device if first is not None else x.device
-    was_training = model.training
-    model.eval()
-    # Channels-last images and weights: the same values, faster convolutions (1.5-2x for
-    # the alexnet on 2 CPU cores; robustkit.models.layout).
-    try:
-        with channels_last(model):
-            out = [model(nhwc(x[i:i + batch_size].to(dev, non_blocking=True))).float().cpu()
-                   for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out)  # (N, K)
+class TrainingDiverged(RobustkitError):
+    """The training loss or the weights became NaN or Inf; training stopped there.
+
+    The resume state of the bad epoch is not written, and :func:`train_and_save` writes no
+    checkpoint: a diverged model is never saved as if it were fine.
+    """
 
 
-def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Fraction of ``x`` that ``model`` labels ``y``."""
-    return (predict(model, x, batch_size).argmax(1) == y.cpu()).float().mean().item()
+@dataclass
+class TrainingRun:
+    """Everything one :func:`fit` call trains with, built by :func:`setup` before any step.
+
+    Besides the model, data and settings it holds the optimizer, the learning-rate
+    schedule, the gradient scaler, the shuffling and augmentation ``generator``, the
+    adversarial loss and guard (None under standard training), the resume file and its
+    fingerprint, and the counters a resumed run takes back: ``done`` epochs, ``step``
+    optimizer steps and ``stopped`` (the guard ended training early).
+    """
+
+    model: nn.Module
+    cfg: TrainConfig
+    adv: AdversarialConfig | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_ds: TensorDataset
+    test_ds: TensorDataset | None
+    loader: DataLoader
+    generator: torch.Generator
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    history: History
+    adv_loss: AdversarialLoss | None = None
+    guard: Guard | None = None
+    resume: Path | None = None
+    fingerprint: dict[str, Any] | None = None
+    done: int = 0
+    step: int = 0
+    stopped: bool = False
+    resumed: bool = False
+
+    def autocast(self) -> torch.autocast:
+        """The mixed-precision context of a forward pass (a no-op in float32)."""
+        return _autocast_for(self.device, self.amp_dtype)()
 
 
 def fit(
@@ -214,27 +248,30 @@ def fit(
 ) -> History:
     """Train ``model`` in place and return its per-epoch history.
 
+    Checked before the first step: images finite and in [0, 1], labels integers in [0, K)
+    for the model's K logits, finite logits (:func:`robustkit.core.model_contract`). A loss
+    or weights that become NaN or Inf stop training with :class:`TrainingDiverged`, which
+    names the epoch and batch; that epoch's resume state is not written.
+
     Args:
         model: any classifier mapping (N, C, H, W) in [0, 1] to (N, K) logits.
-        train: ``(x, y)`` with x float (N, C, H, W) in [0, 1] and y int64 (N,), or a
-            ``TensorDataset`` of the two.
+        train: ``(x, y)`` with x float (N, C, H, W) in [0, 1] and y integer (N,) in
+            [0, K), or a ``TensorDataset`` of the two.
         test: the same, evaluated after each epoch (optional).
         config: a :class:`TrainConfig`; the keyword arguments below override its fields.
         epochs, batch_size, lr, loss, optimizer, weight_decay, label_smoothing, augment:
             see :class:`TrainConfig`.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
         seed: seeds initialization-independent randomness (shuffling, shifts, dropout).
-        amp: mixed precision. None (default) picks it: float16 on CUDA, bfloat16 on a CPU
-            with native bfloat16 support, off elsewhere. True forces it (float16 on CUDA,
-            bfloat16 on the CPU), False trains in float32.
+        amp: mixed precision. None (default): float16 on CUDA, bfloat16 on a CPU with
+            native bfloat16, off elsewhere. True forces it, False trains in float32.
         eval_every: score ``test`` every this many epochs (and always after the last);
             other epochs record None. 0 scores after the last epoch only.
         quiet: no progress bar.
         adversarial: train on adversarial examples (:mod:`robustkit.adversarial`): an
             :class:`AdversarialConfig` or a dict of its fields, e.g.
             ``{"method": "pgd", "eps": 0.3}``. None (default) trains on clean images. With
-            its guard on, ``guard_size`` stratified, seeded training images are held out of
-            training to watch for catastrophic overfitting.
+            its guard on, ``guard_size`` stratified, seeded training images are held out.
         resume: a file for the training state (:mod:`robustkit.snapshot`), written after
             every epoch. If it exists, training goes on after its epoch (same configuration
             required) and ends as an uninterrupted run would; the caller deletes it once
@@ -242,17 +279,60 @@ def fit(
 
     Returns:
         A :class:`History`. The model ends in eval mode, on ``device``.
+
+    Example:
+        >>> h = fit(models.create("logistic"), (x, y), epochs=2, quiet=True)  # doctest: +SKIP
     """
-    overrides = {k: v for k, v in dict(
+    overrides: dict[str, Any] = {k: v for k, v in dict(
         epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, optimizer=optimizer,
         weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment,
     ).items() if v is not None}
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
-    adv = as_config(adversarial)
-    train_ds = _as_dataset(train, "train")
-    test_ds = _as_dataset(test, "test") if test is not None else None
+    check_positive_int(eval_every, "fit", "eval_every", minimum=0)
+    run = setup(model, train, test, cfg, as_config(adversarial), device=device, seed=seed,
+                amp=amp, resume=resume)
+    if run.resumed and not quiet:
+        print(f"resuming from {resume}: {run.done} of {cfg.epochs} epochs done", flush=True)
+    _train_epochs(run, eval_every, quiet)
+    return run.history
+
+
+def _train_epochs(run: TrainingRun, eval_every: int, quiet: bool) -> None:
+    """The epochs after ``run.done``: train, log, store the resume state; leave the model
+    in eval mode without gradients, also on error."""
+    cfg = run.cfg
+    bar = tqdm(total=cfg.epochs * len(run.loader), initial=run.done * len(run.loader),
+               disable=quiet, unit="batch", leave=False, desc="train")
+    try:
+        for epoch in range(run.done + 1, (run.done if run.stopped else cfg.epochs) + 1):
+            record, stop = run_epoch(run, epoch, eval_every, bar)
+            if not quiet:
+                bar.write(epoch_line(record, cfg.epochs))
+            if run.resume is not None:
+                snapshot.save(run.resume, _training_state(run, epoch, stop))
+            if stop:
+                break
+    finally:
+        bar.close()
+        run.model.eval()
+        run.optimizer.zero_grad(set_to_none=True)
+
+
+def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
+          adv: AdversarialConfig | None, *, device: str | torch.device = "auto", seed: int = 0,
+          amp: bool | None = None, resume: str | Path | None = None) -> TrainingRun:
+    """Check the data and the model, and build everything :func:`run_epoch` needs.
+
+    Moves ``model`` to the device (channels-last); when ``resume`` names a stored state of
+    the same configuration, the weights, optimizer, schedule, scaler and every random
+    generator are taken back from it. Arguments as in :func:`fit`.
+
+    Returns:
+        A :class:`TrainingRun` with ``done`` epochs already trained (0 on a fresh start).
+    """
     dev = pick_device(device)
     amp_dtype = amp_dtype_for(dev, amp)
+    train_ds, test_ds, num_classes = _checked_data(model, train, test)
     held_out = None
     if adv is not None and adv.guard:
         train_ds, held_out = _hold_out(train_ds, adv.guard_size, seed)
@@ -262,12 +342,11 @@ def fit(
     model.to(dev)
     # Channels-last convolutions ran 1.4x faster here in float32 and 1.9x with bfloat16.
     model.to(memory_format=torch.channels_last)
-    num_classes = _num_classes(model, train_ds, dev)
     criterion = loss_function(cfg.loss, num_classes, cfg.label_smoothing)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
-                              weight_decay=cfg.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = batches(train_ds, cfg.batch_size, shuffle=True, generator=gen,
@@ -277,132 +356,339 @@ def fit(
         anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
         cycle_momentum=cfg.optimizer == "sgd",
     )
-    # Gradient scaling guards float16's small range; bfloat16 has float32's range.
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    def autocast() -> torch.autocast:
-        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
-                              enabled=amp_dtype is not None)
-
-    history = History(device=str(dev),
-                      amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None)
-    adv_loss = guard = None
+    run = TrainingRun(
+        model=model, cfg=cfg, adv=adv, device=dev, amp_dtype=amp_dtype, train_ds=train_ds,
+        test_ds=test_ds, loader=loader, generator=gen, criterion=criterion, optimizer=opt,
+        scheduler=sched,
+        # Gradient scaling guards float16's small range; bfloat16 has float32's range.
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+        history=History(device=str(dev),
+                        amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None))
     if adv is not None:
-        # Its own generator for the random starts, so the shuffling and augmentation
-        # draws are those of a standard run with the same seed.
-        adv_loss = AdversarialLoss(
-            adv, criterion, generator=torch.Generator().manual_seed(seed + 1),
-            autocast=autocast,
-            attack_autocast=autocast if adv.attack_amp else contextlib.nullcontext)
-        history.adversarial = describe(adv)
-        if held_out is not None:
-            guard = Guard(adv, held_out[0].to(dev), held_out[1].to(dev), seed=seed)
-            history.held_out = len(held_out[1])
-    done, step, stopped = 0, 0, False  # epochs and optimizer steps so far
+        _adversarial(run, adv, held_out, seed)
     if resume is not None:
-        fingerprint = _fingerprint(model, cfg, adv, seed, train_ds, test_ds, amp_dtype)
-        state = snapshot.load(resume, fingerprint)
+        run.resume = Path(resume)
+        run.fingerprint = _fingerprint(model, cfg, adv, seed, train_ds, test_ds, amp_dtype)
+        state = snapshot.load(run.resume, run.fingerprint)
         if state is not None:
-            done, step, stopped = state["epoch"], state["step"], state["stopped"]
-            history = History(**state["history"])
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"])
-            gen.set_state(state["generator"])
-            if dev.type == "cuda" and state["rng_cuda"] is not None:
-                torch.cuda.set_rng_state(state["rng_cuda"], dev)
-            if adv_loss is not None:
-                adv_loss.generator.set_state(state["adversarial_generator"])
-            if guard is not None:
-                guard.load_state_dict(state["guard"])
-            if not quiet:
-                print(f"resuming from {resume}: {done} of {cfg.epochs} epochs done", flush=True)
-    bar = tqdm(total=cfg.epochs * len(loader), initial=done * len(loader), disable=quiet,
-               unit="batch", leave=False, desc="train")
+            _restore(run, state)
+    return run
+
+
+def _checked_data(model: nn.Module, train: Split, test: Split | None
+                  ) -> tuple[TensorDataset, TensorDataset | None, int]:
+    """Both splits checked against the model: ``(train, test, number of classes)``.
+
+    Images must be finite and in [0, 1]; labels integers in [0, K) for the model's K
+    logits (they become int64, as the losses need). Images of another floating dtype are
+    cast to the model's.
+    """
+    x, y = _as_dataset(train, "train").tensors
+    dtype = model_dtype(model)
+    num_classes = model_contract(model, x, "fit")  # it casts its probe to the model's dtype
+    train_ds = _labelled(x, y, dtype, num_classes, "train")
+    if test is None:
+        return train_ds, None, num_classes
+    x_test, y = _as_dataset(test, "test").tensors
+    if x_test.shape[1:] != x.shape[1:]:
+        raise RobustkitError(f"fit: test images are {tuple(x_test.shape[1:])} (C, H, W) but "
+                             f"training images {tuple(x.shape[1:])}")
+    return train_ds, _labelled(x_test, y, dtype, num_classes, "test"), num_classes
+
+
+def _labelled(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, num_classes: int,
+              what: str) -> TensorDataset:
+    """``(x, y)`` with labels checked against ``num_classes``, x in ``dtype``, y int64."""
+    check_labels(y, num_classes, f"fit: {what}")
+    return TensorDataset(x.to(dtype) if dtype is not None else x, y.long())
+
+
+def _adversarial(run: TrainingRun, adv: AdversarialConfig,
+                 held_out: tuple[torch.Tensor, torch.Tensor] | None, seed: int) -> None:
+    """Give ``run`` its adversarial loss and, with held-out images, its guard."""
+    autocast = _autocast_for(run.device, run.amp_dtype)
+    # Its own generator for the random starts, so the shuffling and augmentation draws
+    # are those of a standard run with the same seed.
+    run.adv_loss = AdversarialLoss(
+        adv, run.criterion, generator=torch.Generator().manual_seed(seed + 1),
+        autocast=autocast,
+        attack_autocast=autocast if adv.attack_amp else contextlib.nullcontext)
+    run.history.adversarial = describe(adv)
+    if held_out is not None:
+        run.guard = Guard(adv, held_out[0].to(run.device), held_out[1].to(run.device),
+                          seed=seed)
+        run.history.held_out = len(held_out[1])
+
+
+def _autocast_for(dev: torch.device, amp_dtype: torch.dtype | None
+                  ) -> Callable[[], torch.autocast]:
+    """A factory of autocast contexts: ``amp_dtype`` on ``dev``, or disabled when None."""
+    return functools.partial(torch.autocast, dev.type, dtype=amp_dtype or torch.float32,
+                             enabled=amp_dtype is not None)
+
+
+def _restore(run: TrainingRun, state: dict[str, Any]) -> None:
+    """Take back a stored training state (:mod:`robustkit.snapshot`) into ``run``."""
+    run.done, run.step, run.stopped = state["epoch"], state["step"], state["stopped"]
+    run.resumed = True
+    run.history = History(**state["history"])
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    run.generator.set_state(state["generator"])
+    if run.device.type == "cuda" and state["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], run.device)
+    if run.adv_loss is not None and run.adv_loss.generator is not None:
+        run.adv_loss.generator.set_state(state["adversarial_generator"])
+    if run.guard is not None:
+        run.guard.load_state_dict(state["guard"])
+
+
+def _training_state(run: TrainingRun, epoch: int, stop: bool) -> dict[str, Any]:
+    """What :func:`_restore` takes back, after ``epoch``."""
+    dev = run.device
+    return {
+        "fingerprint": run.fingerprint, "epoch": epoch, "step": run.step, "stopped": stop,
+        "history": dataclasses.asdict(run.history), "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        "generator": run.generator.get_state(),
+        "adversarial_generator": (run.adv_loss.generator.get_state()
+                                  if run.adv_loss is not None and run.adv_loss.generator
+                                  is not None else None),
+        "guard": run.guard.state_dict() if run.guard is not None else None}
+
+
+def run_epoch(run: TrainingRun, epoch: int, eval_every: int = 1, bar: tqdm | None = None
+              ) -> tuple[dict[str, Any], bool]:
+    """Train epoch ``epoch``, probe it with the guard, score the test split; record it.
+
+    Args:
+        run: from :func:`setup`.
+        epoch: 1-based.
+        eval_every: as in :func:`fit`.
+        bar: a progress bar advanced once per batch (optional).
+
+    Returns:
+        ``(record, stop)``: the epoch's record (also appended to ``run.history``; keys as in
+        :class:`History`) and whether the guard ended training.
+
+    Raises:
+        TrainingDiverged: the loss or the weights became NaN or Inf.
+    """
+    start = time.perf_counter()
+    record = _train_batches(run, epoch, bar)
+    stop = False
+    if run.guard is not None and run.adv is not None:
+        # Before scoring the test split, so its score is that of the weights kept.
+        run.model.eval()
+        record["guard_accuracy"], event = run.guard.check(run.model, run.optimizer, epoch)
+        record["guard_single_step_accuracy"] = run.guard.single_step
+        record["restored"] = event["restored_epoch"] if event else None
+        if event:
+            run.history.guard.append(event)
+            stop = run.adv.guard_action == "stop"
+    last = epoch == run.cfg.epochs or stop
+    scored = run.test_ds is not None and (last or (eval_every and epoch % eval_every == 0))
+    if scored and run.test_ds is not None:
+        x_test, y_test = run.test_ds.tensors
+        record["test_accuracy"] = accuracy_of(run.model, x_test, y_test)
+    else:
+        record["test_accuracy"] = None
+    record["lr"] = run.optimizer.param_groups[0]["lr"]
+    record["seconds"] = time.perf_counter() - start
+    run.history.epochs.append(record)
+    return record, stop
+
+
+def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, Any]:
+    """One pass over the training batches; the epoch's mean loss and training accuracy."""
+    dev = run.device
+    run.model.train()
+    total_loss = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    # Each batch's loss, checked once at the end of the epoch: a check per batch would
+    # wait for the GPU at every step.
+    losses = torch.zeros(len(run.loader), device=dev)  # (batches,)
+    seen = 0
+    for i, (xb, yb) in enumerate(run.loader):
+        batch_loss, logits, yb = _train_step(run, xb, yb)
+        losses[i] = batch_loss
+        total_loss += batch_loss * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(yb)
+        if bar is not None:
+            bar.update()
+    _check_diverged(run, epoch, losses)
+    return {"epoch": epoch, "loss": total_loss.item() / seen,
+            "train_accuracy": correct.item() / seen}
+
+
+def _train_step(run: TrainingRun, xb: torch.Tensor, yb: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch: ``(loss, logits, labels)``, detached, on the device."""
+    cfg = run.cfg
+    if run.adv_loss is not None:
+        run.adv_loss.warm_up(run.step, cfg.epochs * len(run.loader))
+    run.step += 1
+    xb = xb.to(run.device, non_blocking=True)  # (B, C, H, W)
+    yb = yb.to(run.device, non_blocking=True)  # (B,)
+    if cfg.augment == "shift":
+        xb = random_shift(xb, 2, run.generator)
+    elif cfg.augment == "affine":
+        xb = random_affine(xb, run.generator)
+    if run.adv_loss is not None:
+        batch_loss, logits = run.adv_loss(run.model, xb, yb)
+    else:
+        with run.autocast():
+            logits = run.model(xb)  # (B, K)
+            batch_loss = run.criterion(logits, yb)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(batch_loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return batch_loss.detach(), logits.detach(), yb
+
+
+def _check_diverged(run: TrainingRun, epoch: int, losses: torch.Tensor) -> None:
+    """Raise :class:`TrainingDiverged` when a batch's loss, or a weight, is NaN or Inf."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        batch = int(bad[0, 0])
+        value = losses[batch].item()
+        what = "NaN" if value != value else ("Inf" if value > 0 else "-Inf")
+        raise TrainingDiverged(
+            f"training diverged: the loss is {what} at epoch {epoch}, batch {batch + 1} of "
+            f"{len(losses)}; lower the learning rate (now {run.cfg.lr:g}); nothing was saved "
+            f"for this epoch")
+    for name, p in itertools.chain(run.model.named_parameters(), run.model.named_buffers()):
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise TrainingDiverged(
+                f"training diverged: the weights {name} became NaN or Inf during epoch "
+                f"{epoch}; lower the learning rate (now {run.cfg.lr:g}); nothing was saved "
+                f"for this epoch")
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """One line of progress for an epoch's record: loss, accuracies, held-out PGD, time.
+
+    Example:
+        >>> epoch_line({"epoch": 1, "loss": 0.5, "train_accuracy": 0.9, "test_accuracy": None,
+        ...             "seconds": 1.0}, 3)
+        'epoch   1/3  loss 0.5000  train acc 0.9000  1.0s'
+    """
+    guard = ""
+    if record.get("guard_accuracy") is not None:
+        guard = f"  held-out pgd acc {record['guard_accuracy']:.4f}"
+        if record.get("guard_single_step_accuracy") is not None:
+            guard += f" (single step {record['guard_single_step_accuracy']:.4f})"
+    test = (f"  test acc {record['test_accuracy']:.4f}"
+            if record.get("test_accuracy") is not None else "")
+    return (f"epoch {record['epoch']:3d}/{epochs}  loss {record['loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.4f}{guard}{test}  {record['seconds']:.1f}s")
+
+
+def train_and_save(
+    arch: str,
+    dataset: str,
+    out: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    seed: int = 0,
+    train_size: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    adversarial: AdversarialConfig | Mapping[str, Any] | None = None,
+    device: str | torch.device = "auto",
+    amp: bool | None = None,
+    eval_every: int = 0,
+    quiet: bool = True,
+    root: str | Path | None = None,
+    download: bool = False,
+    fresh: bool = False,
+    test: Split | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, History]:
+    """Train a registered model on a registered dataset and save its checkpoint at ``out``.
+
+    The one train-then-save (the CLI's ``train`` and the experiment runner use it). Checked
+    before training: ``out`` and its resume file can be written; the model, its options
+    and the dataset exist. An interrupted run resumes from ``OUT.resume``, deleted once the
+    checkpoint is saved (and first, with ``fresh``). A run that diverges
+    (:class:`TrainingDiverged`) saves nothing and deletes its resume file.
+
+    Args:
+        arch: a registered model name (``logistic``, ``mlp``, ``alexnet``).
+        dataset: a registered dataset name (e.g. ``mnist-5k``).
+        out: the checkpoint file to write.
+        config: the training settings; default: the model's own
+            (:func:`robustkit.models.default_training`), or
+            :func:`robustkit.adversarial.adversarial_training` with ``adversarial``.
+        seed: seeds the initialization, the training subset and :func:`fit`.
+        train_size: train on a stratified, seeded subset of this many images.
+        options: the model's own options (e.g. ``{"hidden": [64]}``).
+        adversarial, device, amp, eval_every, quiet: as in :func:`fit`.
+        root, download: where torchvision datasets live, and whether to fetch them.
+        fresh: delete a stored resume state and train from the start.
+        test: the test split ``(x, y)`` to score; default: the dataset's whole test split.
+        log: called before training with the lines that describe the model, data and
+            settings (e.g. ``print``).
+
+    Returns:
+        ``(model, history)``: the trained model (eval mode) and its :class:`History`.
+
+    Example:
+        >>> m, h = train_and_save("logistic", "mnist-5k", "m.pt", train_size=500)  # doctest: +SKIP
+    """
+    out = check_writable(out, "checkpoint")
+    resume = check_writable(f"{out}.resume", "resume file")
+    ds = data.spec(dataset)
+    options = check_options(arch, options or {})
+    adv = as_config(adversarial)
+    cfg = config or (adversarial_training(arch) if adv else models.default_training(arch))
+    train = data.load_tensors(dataset, "train", root=root, download=download,
+                              train_size=train_size, seed=seed)
+    test_ds = _as_dataset(test if test is not None else data.load_tensors(
+        dataset, "test", root=root, download=download), "test")
+    torch.manual_seed(seed)
+    model = models.create(arch, ds.in_shape, ds.num_classes, ds.mean, ds.std, **options)
+    if log is not None:
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"training {arch} ({n_params:,} parameters) on {dataset} ({len(train[1])} train / "
+            f"{len(test_ds)} test), seed {seed}: {json.dumps(dataclasses.asdict(cfg))}"
+            + (f"\nadversarial training: {json.dumps(describe(adv))}" if adv else ""))
+    if fresh:
+        resume.unlink(missing_ok=True)
     try:
-        for epoch in range(done + 1, (done if stopped else cfg.epochs) + 1):
-            start = time.perf_counter()
-            model.train()
-            total_loss = torch.zeros((), device=dev)
-            correct = torch.zeros((), device=dev, dtype=torch.long)
-            seen = 0
-            for xb, yb in loader:
-                if adv_loss is not None:
-                    adv_loss.warm_up(step, cfg.epochs * len(loader))
-                step += 1
-                xb = xb.to(dev, non_blocking=True)  # (B, C, H, W)
-                yb = yb.to(dev, non_blocking=True)  # (B,)
-                if cfg.augment == "shift":
-                    xb = random_shift(xb, 2, gen)
-                elif cfg.augment == "affine":
-                    xb = random_affine(xb, gen)
-                if adv_loss is not None:
-                    batch_loss, logits = adv_loss(model, xb, yb)
-                else:
-                    with autocast():
-                        logits = model(xb)
-                        batch_loss = criterion(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(batch_loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                total_loss += batch_loss.detach() * len(yb)
-                correct += (logits.argmax(1) == yb).sum()
-                seen += len(yb)
-                bar.update()
-            record = {
-                "epoch": epoch,
-                "loss": total_loss.item() / seen,
-                "train_accuracy": correct.item() / seen,
-            }
-            stop = False
-            if guard is not None:
-                # Before scoring the test split, so its score is that of the weights kept.
-                model.eval()
-                record["guard_accuracy"], event = guard.check(model, opt, epoch)
-                record["guard_single_step_accuracy"] = guard.single_step
-                record["restored"] = event["restored_epoch"] if event else None
-                if event:
-                    history.guard.append(event)
-                    stop = adv.guard_action == "stop"
-            last = epoch == cfg.epochs or stop
-            record["test_accuracy"] = (accuracy_of(model, *test_ds.tensors)
-                                       if test_ds and (last or (eval_every
-                                                                and epoch % eval_every == 0))
-                                       else None)
-            record["lr"] = opt.param_groups[0]["lr"]
-            record["seconds"] = time.perf_counter() - start
-            history.epochs.append(record)
-            if not quiet:
-                test_txt = (f"  test acc {record['test_accuracy']:.4f}"
-                            if record["test_accuracy"] is not None else "")
-                guard_txt = (f"  held-out pgd acc {record['guard_accuracy']:.4f} "
-                             f"(single step {record['guard_single_step_accuracy']:.4f})"
-                             if "guard_accuracy" in record else "")
-                bar.write(f"epoch {epoch:3d}/{cfg.epochs}  loss {record['loss']:.4f}  "
-                          f"train acc {record['train_accuracy']:.4f}{guard_txt}{test_txt}  "
-                          f"{record['seconds']:.1f}s")
-            if resume is not None:
-                snapshot.save(resume, {
-                    "fingerprint": fingerprint, "epoch": epoch, "step": step, "stopped": stop,
-                    "history": dataclasses.asdict(history), "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                    "generator": gen.get_state(),
-                    "adversarial_generator": (adv_loss.generator.get_state()
-                                              if adv_loss is not None else None),
-                    "guard": guard.state_dict() if guard is not None else None})
-            if stop:
-                break
-    finally:
-        bar.close()
-        model.eval()
-        opt.zero_grad(set_to_none=True)
-    return history
+        history = fit(model, train, test_ds, config=cfg, device=device, seed=seed, amp=amp,
+                      eval_every=eval_every, quiet=quiet, adversarial=adv, resume=resume)
+    except TrainingDiverged:
+        resume.unlink(missing_ok=True)  # resuming would only diverge again
+        raise
+    save_trained(model, out, history, cfg, dataset=dataset, train_size=len(train[1]),
+                 seed=seed)
+    resume.unlink(missing_ok=True)
+    return model, history
+
+
+def save_trained(model: nn.Module, out: str | Path, history: History, cfg: TrainConfig, *,
+                 dataset: str, train_size: int, seed: int) -> Path:
+    """Save a model that :func:`fit` trained, with what produced it: dataset, train size,
+    seed, epochs, training settings, test accuracy, device, precision, time, the history
+    and the adversarial training (:func:`robustkit.adversarial.checkpoint_metadata`).
+
+    Example:
+        >>> save_trained(model, "m.pt", history, cfg, dataset="mnist-5k", train_size=500,
+        ...              seed=0)                                     # doctest: +SKIP
+    """
+    return models.save(model, out, dataset=dataset, train_size=train_size, seed=seed,
+                       epochs=cfg.epochs, training=dataclasses.asdict(cfg),
+                       test_accuracy=history.final_test_accuracy, device=history.device,
+                       amp=history.amp, train_seconds=history.seconds,
+                       history=history.epochs, **checkpoint_metadata(history))
 
 
 def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | None, seed: int,
@@ -419,47 +705,11 @@ def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | No
 def _hold_out(ds: TensorDataset, n: int, seed: int
               ) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
     """Split ``n`` stratified, seeded examples off ``ds``: ``(rest, (x_held, y_held))``."""
-    from robustkit.data import stratified_indices
-
     x, y = ds.tensors
     if n >= len(y) // 2:
         raise RobustkitError(
             f"adversarial.guard_size: {n} held-out images would leave too few of the {len(y)} "
             f"training images to train on (use fewer, or guard = false)")
     held = torch.zeros(len(y), dtype=torch.bool)
-    held[torch.from_numpy(stratified_indices(y.cpu().numpy(), n, seed=seed))] = True
+    held[torch.from_numpy(data.stratified_indices(y.cpu().numpy(), n, seed=seed))] = True
     return TensorDataset(x[~held], y[~held]), (x[held], y[held])
-
-
-def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
-    """The autocast dtype for ``device``: float16 on CUDA, bfloat16 on a capable CPU, or None."""
-    if amp is False:
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu":
-        if amp is None and not cpu_has_native_bf16():
-            return None
-        return torch.bfloat16
-    if amp:
-        raise RobustkitError(f"mixed precision is not supported on {device.type}")
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX), so autocast pays."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _num_classes(model: nn.Module, ds: TensorDataset, dev: torch.device) -> int:
-    """Number of logits, from one forward pass on a single example."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return int(model(ds.tensors[0][:1].to(dev)).shape[1])
-    finally:
-        model.train(was_training)

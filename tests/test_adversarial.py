@@ -365,8 +365,8 @@ def test_cli_trains_adversarially_and_records_the_threat_model(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--eps", "0.1"], "only apply with --adversarial"),
-    (["--adversarial", "pgd", "--eps", "-0.1"], "adversarial.eps: must be a finite radius > 0"),
+    (["--eps", "0.1"], "only applies with --adversarial"),
+    (["--adversarial", "pgd", "--eps", "-0.1"], "argument --eps: must be finite and > 0"),
     (["--adversarial", "fgsm-rs", "--adv-steps", "3"], "adversarial.steps: fgsm-rs takes"),
     (["--adversarial", "pgdx"], "invalid choice: 'pgdx'"),
 ])

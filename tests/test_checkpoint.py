@@ -158,9 +158,47 @@ def test_other_format_version_is_refused(tmp_path, tiny_mlp):
 def test_weights_that_do_not_fit_are_refused(tmp_path, tiny_mlp):
     payload = models.read(models.save(tiny_mlp, tmp_path / "m.pt"))
     payload["options"]["hidden"] = [32]  # the stored fc1 has 16 units
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(RobustkitError, match="model description .* does not match its checksum"):
+        models.load(tmp_path / "edited.pt")
+    # A checksum is no signature: re-signed, the shapes are still compared before building.
+    payload["checksum"] = checkpoint.checksums(payload)
     torch.save(payload, tmp_path / "mismatch.pt")
-    with pytest.raises(RobustkitError, match="weights do not fit"):
+    with pytest.raises(RobustkitError, match=r"weights do not fit .*fc1\.weight is \(16, 784\) "
+                                             r"in the file but \(32, 784\) in the model"):
         models.load(tmp_path / "mismatch.pt")
+
+
+def test_save_records_checksums_that_read_verifies(tmp_path, tiny_mlp):
+    payload = models.read(models.save(tiny_mlp, tmp_path / "m.pt"))
+    assert payload["format_version"] == 2
+    assert set(payload["checksum"]) == {"algorithm", "weights", "spec", "metadata"}
+    assert payload["checksum"] == checkpoint.checksums(payload)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", payload["checksum"][k])
+               for k in ("weights", "spec", "metadata"))
+
+
+def test_the_weights_checksum_covers_names_dtypes_shapes_and_bytes(tiny_mlp):
+    state = {k: v.clone() for k, v in tiny_mlp.state_dict().items()}
+    base = checkpoint._weights_digest(state)
+    assert checkpoint._weights_digest(dict(reversed(state.items()))) == base  # order-free
+    renamed = {("x" + k if k == "out.bias" else k): v for k, v in state.items()}
+    reshaped = {**state, "out.bias": state["out.bias"].reshape(2, 5)}
+    retyped = {**state, "out.bias": state["out.bias"].double()}
+    flipped = {**state, "out.bias": state["out.bias"].clone()}
+    flipped["out.bias"].view(torch.int32)[0] ^= 1  # one bit of one weight
+    for other in (renamed, reshaped, retyped, flipped):
+        assert checkpoint._weights_digest(other) != base
+
+
+def test_a_version_1_checkpoint_loads_with_a_warning(tmp_path, tiny_mlp, tiny_batch):
+    payload = models.read(models.save(tiny_mlp, tmp_path / "m.pt"))
+    del payload["checksum"]
+    torch.save({**payload, "format_version": 1}, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="cannot be verified"):
+        loaded = models.load(tmp_path / "old.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_batch), tiny_mlp.eval()(tiny_batch))
 
 
 def test_save_leaves_no_temporary_files(tmp_path, tiny_mlp):
@@ -171,17 +209,51 @@ def test_save_leaves_no_temporary_files(tmp_path, tiny_mlp):
 
 
 def test_failed_save_keeps_the_old_file_and_no_temporary(tmp_path, tiny_mlp, monkeypatch):
+    import errno
+
     dest = tmp_path / "m.pt"
     models.save(tiny_mlp, dest, version="old")
     before = dest.read_bytes()
 
-    def half_write_then_fail(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
-            out.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError("disk full")
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", half_write_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr("robustkit.core.io.os.fsync", disk_full)
+    with pytest.raises(RobustkitError, match=f"cannot write {re.escape(str(dest))}: no space"):
         models.save(tiny_mlp, dest, version="new")
     assert dest.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_model_options_are_checked_against_the_factory_signature():
+    from robustkit.models.zoo import check_options, valid_options
+
+    assert list(valid_options("mlp")) == ["hidden", "activation", "dropout"]
+    assert valid_options("logistic") == {}
+    assert check_options("mlp", {"hidden": (8, 4)}) == {"hidden": [8, 4]}
+    with pytest.raises(RobustkitError, match="model 'logistic': bad options \\['hidden'\\]: it "
+                                             "takes no option 'hidden'; valid options: \\(none\\)"):
+        check_options("logistic", {"hidden": [3]})
+    with pytest.raises(RobustkitError, match="model 'mlp': option 'activation' must be a "
+                                             "number, string, bool or a list of them, got "
+                                             "builtin_function_or_method"):
+        check_options("mlp", {"activation": print})
+
+
+@pytest.mark.parametrize("args,match", [
+    (((1, 28, 28.5), 10), "in_shape must be \\(C, H, W\\) with positive integer sizes"),
+    (((3, 2**16, 2**16), 10), "elements per image; at most 2,147,483,648"),
+    (((1, 28, 28), 2**32), "num_classes must be at least 2 and at most"),
+    (((1, 28, 28), 10.0), "num_classes must be an integer"),
+    (((1, 28, 28), True), "num_classes must be an integer"),
+], ids=["float-size", "huge-image", "huge-classes", "float-classes", "bool-classes"])
+def test_absurd_shapes_are_refused_before_building(args, match):
+    with pytest.raises(RobustkitError, match=match):
+        models.create("logistic", *args)
+
+
+@pytest.mark.parametrize("mean,std", [([float("nan")], [0.5]), ([0.5], [float("nan")]),
+                                      ([0.5], [float("inf")]), ([0.5], [0.0])])
+def test_normalize_refuses_non_finite_or_non_positive_values(mean, std):
+    with pytest.raises(RobustkitError, match="finite, and std > 0"):
+        models.Normalize(mean, std)

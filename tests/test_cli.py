@@ -164,3 +164,97 @@ def test_subprocess_exit_status_and_clean_stderr(tmp_path, subprocess_env):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert_one_line_error(proc.returncode, proc.stderr, "unknown model 'vgg'", *models.names())
+
+
+def test_help_exits_zero(capsys):
+    code, out, err = run_main(["--help"], capsys)
+    assert code == 0 and "COMMAND" in out and err == ""
+    code, out, _ = run_main(["attack", "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and "--option KEY=VALUE" in text
+    assert "for attacks that take one (default 0.3)" in text
+
+
+def test_interrupt_is_one_line_and_status_130(monkeypatch, capsys):
+    from robustkit.cli import info
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info, "cmd_list", interrupted)
+    code, _, err = run_main(["list"], capsys)
+    assert code == 130 and err == "robustkit: interrupted\n"
+
+
+def test_a_file_error_from_deep_inside_is_one_line(monkeypatch, tmp_path, capsys):
+    from robustkit.cli import info
+
+    def missing(args):
+        open(tmp_path / "gone" / "file.txt")
+
+    monkeypatch.setattr(info, "cmd_list", missing)
+    code, _, err = run_main(["list"], capsys)
+    assert_one_line_error(code, err, "gone", "no such file")
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch, capsys):
+    from robustkit.cli import info
+
+    def bug(args):
+        raise ZeroDivisionError("a bug in robustkit")
+
+    monkeypatch.setattr(info, "cmd_list", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["list"])
+
+
+def test_warnings_are_one_line_each(monkeypatch, capsys):
+    import warnings
+
+    from robustkit.cli import info
+
+    def warns(args):
+        warnings.warn("first line\nsecond line")
+        return 0
+
+    monkeypatch.setattr(info, "cmd_list", warns)
+    code, _, err = run_main(["list"], capsys)
+    assert code == 0 and err == "robustkit: warning: first line second line\n"
+
+
+def test_train_out_is_checked_before_training(tmp_path, capsys, monkeypatch):
+    from robustkit.cli import train
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before the output path was checked")
+
+    monkeypatch.setattr(train, "train_and_save", never)
+    (tmp_path / "file").write_text("x")
+    for out, fragment in [(tmp_path, "is a folder"), (tmp_path / "file" / "m.pt", "is a file")]:
+        code, _, err = run_main(["train", "--model", "logistic", "--out", out], capsys)
+        assert_one_line_error(code, err, fragment)
+
+
+def test_nothing_below_the_command_line_imports_it():
+    """No import cycles through the CLI: only robustkit/cli/ and __main__ name it."""
+    import ast
+    from pathlib import Path
+
+    import robustkit
+
+    root = Path(robustkit.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("cli/") or rel == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "robustkit.cli" or n.startswith("robustkit.cli.") for n in names):
+                offenders.append(rel)
+            if isinstance(node, ast.ImportFrom) and node.module == "robustkit" and any(
+                    a.name == "cli" for a in node.names):
+                offenders.append(rel)
+    assert offenders == []
+    assert not (root / "cli.py").exists() and not (root / "explain" / "cli.py").exists()

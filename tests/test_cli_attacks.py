@@ -78,3 +78,90 @@ def test_attack_bad_input(argv, fragment, checkpoint, capsys):
 def test_attack_on_a_missing_checkpoint(tmp_path, capsys):
     code, _, err = run_main(["attack", "--checkpoint", tmp_path / "none.pt"], capsys)
     assert_one_line_error(code, err, "does not exist")
+
+
+def _attack_json(checkpoint, tmp_path, capsys, *argv):
+    out_json = tmp_path / "r.json"
+    code, out, err = run_main(["attack", "--checkpoint", checkpoint, "--n", "20", "--device",
+                               "cpu", "--quiet", "--out", out_json, *argv], capsys)
+    assert code == 0, err
+    return json.loads(out_json.read_text())
+
+
+def test_only_the_flags_given_reach_the_attack(checkpoint, tmp_path, capsys):
+    # fgsm takes no seed, steps or norm: it gets eps (the default 0.3) and nothing else.
+    assert _attack_json(checkpoint, tmp_path, capsys, "--attack", "fgsm")["options"] == \
+        {"eps": 0.3}
+    # pgd takes a seed: the run's seed reaches it; no norm is forced on it.
+    result = _attack_json(checkpoint, tmp_path, capsys, "--attack", "pgd", "--steps", "3",
+                          "--seed", "7", "--option", "random_start=false")
+    assert result["options"] == {"steps": 3, "seed": 7, "random_start": False, "eps": 0.3}
+
+
+def test_deepfool_runs_without_eps_and_is_never_labelled_with_one(checkpoint, tmp_path,
+                                                                   capsys):
+    result = _attack_json(checkpoint, tmp_path, capsys, "--attack", "deepfool",
+                          "--option", "overshoot=0.05")
+    assert result["options"] == {"overshoot": 0.05}
+    assert "eps" not in result and "eps" not in result["options"]
+    assert result["robust_accuracy"] <= result["clean_accuracy"]
+
+
+USER_ATTACK = '''
+import torch
+
+CALLS = []
+
+
+def shift(model, x, y, *, eps=0.0, scale=1.0):
+    CALLS.append({"eps": eps, "scale": scale})
+    return (x + eps * torch.where(x > 0.5, -1.0, 1.0)).clamp(0, 1)
+
+
+def no_eps(model, x, y, *, steps=3):
+    return x.clone()
+'''
+
+
+@pytest.fixture
+def user_attack(tmp_path, monkeypatch):
+    """A user's attack module (``rk_user_attack``) importable from ``tmp_path``."""
+    import sys
+
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "rk_user_attack.py").write_text(USER_ATTACK)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "rk_user_attack", raising=False)
+    yield "rk_user_attack"
+    sys.modules.pop("rk_user_attack", None)
+
+
+def test_a_module_function_attack_receives_eps(checkpoint, tmp_path, capsys, user_attack):
+    import sys
+
+    result = _attack_json(checkpoint, tmp_path, capsys, "--attack", f"{user_attack}:shift",
+                          "--eps", "0.1", "--option", "scale=2")
+    calls = sys.modules[user_attack].CALLS
+    assert calls and all(c == {"eps": 0.1, "scale": 2} for c in calls)
+    assert result["options"] == {"eps": 0.1, "scale": 2}
+    if result["median_over_fooled"]["linf"] is not None:
+        assert result["median_over_fooled"]["linf"] <= 0.1 + 1e-6
+
+
+def test_a_module_function_curve_receives_each_eps(checkpoint, tmp_path, capsys, user_attack):
+    import sys
+
+    code, _, err = run_main(["curve", "--checkpoint", checkpoint, "--attack",
+                             f"{user_attack}:shift", "--eps", "0.2,0.05", "--n", "20",
+                             "--device", "cpu", "--quiet"], capsys)
+    assert code == 0, err
+    calls = sys.modules[user_attack].CALLS
+    assert calls and {c["eps"] for c in calls} <= {0.05, 0.2}  # never the default 0.0
+    assert calls[0]["eps"] == 0.05  # ascending
+
+
+def test_a_module_function_without_eps_is_refused_on_a_curve(checkpoint, capsys, user_attack):
+    code, _, err = run_main(["curve", "--checkpoint", checkpoint, "--attack",
+                             f"{user_attack}:no_eps", "--n", "20", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "takes no eps", "its options: steps")

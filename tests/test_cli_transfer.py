@@ -37,11 +37,12 @@ def test_transfer_writes_the_api_matrices_records_and_heatmap(checkpoints, tmp_p
     assert code == 0, err
     result = json.loads(out.read_text())
     assert [m["eps"] for m in result["matrices"]] == [0.1, 0.2]
+    assert result["options"] == {"steps": 5, "seed": 0}  # the flags given, and pgd's seed
     # The same call through the API gives the same matrices (the attack is seeded).
     x, y = mnist_1000["test"]
     loaded = {k: models.load(p) for k, p in checkpoints.items()}
     expected = transfer_matrix({"mlp": loaded["mlp"]}, loaded, x, y, attack="pgd",
-                               eps=[0.1, 0.2], steps=5, seed=0, norm="linf", progress=False)
+                               eps=[0.1, 0.2], steps=5, seed=0, progress=False)
     for record in result["matrices"]:
         m = expected[record["eps"]]
         assert record["accuracy"].keys() == m.keys()
@@ -59,12 +60,15 @@ def test_transfer_refuses_models_of_other_input_shapes(checkpoints, tmp_path, ca
     models.save(models.create("logistic", (3, 32, 32), 10), rgb, dataset="mnist-5k")
     code, _, err = run_main(["transfer", "--sources", checkpoints["mlp"], "--targets", rgb,
                              "--n", "20", "--device", "cpu", "--quiet"], capsys)
-    assert_one_line_error(code, err, "takes inputs of shape (3, 32, 32)")
+    assert_one_line_error(code, err, "rgb", "(3, 32, 32)", "(1, 28, 28)")
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--eps", ","], "at least one radius"),
     (["--attack", "nope"], "unknown attack 'nope'"),
+    (["--attack", "deepfool"], "measures a distance"),
+    (["--attack", "cw_l2", "--eps", "0.1"], "measures a distance"),
+    (["--attack", "fgsm", "--steps", "3"], "takes no option 'steps'"),
 ])
 def test_transfer_bad_options(argv, fragment, checkpoints, capsys):
     code, _, err = run_main(["transfer", "--sources", checkpoints["mlp"], "--targets",
@@ -85,3 +89,13 @@ def test_transfer_names_checkpoints_apart_when_stems_collide(checkpoints, tmp_pa
     names = json.loads(out.read_text())["checkpoints"]
     # The stems collide, so each name keeps one folder: short enough for a heatmap's labels.
     assert sorted(names) == sorted([f"{tmp_path.name}/mlp", "sub/mlp"])
+
+
+def test_transfer_with_fgsm_gets_no_seed(checkpoints, tmp_path, capsys):
+    out = tmp_path / "f.json"
+    code, _, err = run_main(["transfer", "--sources", checkpoints["mlp"], "--targets",
+                             checkpoints["logistic"], "--attack", "fgsm", "--n", "20", "--eps",
+                             "0.1", "--device", "cpu", "--quiet", "--out", out], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["options"] == {}
+    assert out.with_suffix(".png").is_file()

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import torch
 
 from robustkit import models
-from robustkit.errors import RobustkitError
-from robustkit.explain import cli
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="robustkit")
-    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+from tests.test_cli import assert_one_line_error, run_main
 
 
 @pytest.fixture
@@ -30,9 +22,9 @@ def checkpoint(tmp_path):
 
 def test_explain_writes_figures_and_metrics(checkpoint, tmp_path, capsys):
     out = tmp_path / "explain"
-    args = parse(["explain", "--checkpoint", str(checkpoint), "--n", "10", "--steps", "4",
-                  "--out", str(out), "--device", "cpu"])
-    assert args.func(args) == 0
+    code, printed, err = run_main(["explain", "--checkpoint", checkpoint, "--n", "10",
+                                   "--steps", "4", "--out", out, "--device", "cpu"], capsys)
+    assert code == 0, err
     record = json.loads((out / "explain.json").read_text())
     assert record["methods"] == ["saliency", "integrated_gradients", "gradcam"]
     assert record["n"] == 10 and record["versions"]["torch"] == torch.__version__
@@ -42,7 +34,6 @@ def test_explain_writes_figures_and_metrics(checkpoint, tmp_path, capsys):
     assert record["results"]["integrated_gradients"]["options"]["n_steps"] == 50
     for name in ("explanations.png", "faithfulness.png"):
         assert (out / name).stat().st_size > 0
-    printed = capsys.readouterr().out
     assert "| random |" in printed
     ig = record["results"]["integrated_gradients"]["alignment"]
     assert len(ig["per_example"]["spearman"]) == 10 and -1 <= ig["spearman"] <= 1
@@ -53,29 +44,50 @@ def test_explain_writes_figures_and_metrics(checkpoint, tmp_path, capsys):
 
 def test_sanity_writes_the_table_and_the_curves(checkpoint, tmp_path, capsys):
     out = tmp_path / "sanity"
-    args = parse(["sanity", "--checkpoint", str(checkpoint), "--methods", "saliency,gradcam",
-                  "--n", "4", "--mode", "independent", "--out", str(out), "--device", "cpu"])
-    assert args.func(args) == 0
+    code, printed, err = run_main(["sanity", "--checkpoint", checkpoint, "--methods",
+                                   "saliency,gradcam", "--n", "4", "--mode", "independent",
+                                   "--out", out, "--device", "cpu"], capsys)
+    assert code == 0, err
     record = json.loads((out / "sanity.json").read_text())
     sanity = record["sanity"]
     assert sanity["mode"] == "independent" and sanity["layers"][0] == "fc3"
     assert set(sanity["steps"]) == {"saliency", "gradcam"}
     assert len(sanity["steps"]["gradcam"]) == len(sanity["layers"]) == 8
     assert (out / "sanity.png").stat().st_size > 0
-    assert "| conv1 |" in capsys.readouterr().out
+    assert "| conv1 |" in printed
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--methods", "saliency,lime"], "unknown explainer 'lime'; valid names"),
     (["--methods", ","], "names no method"),
+    (["--methods", "saliency,saliency"], "names a method twice"),
     (["--n", "5000"], "larger than"),
 ])
-def test_mistakes_are_one_line_errors(argv, match, checkpoint, tmp_path):
-    args = parse(["explain", "--checkpoint", str(checkpoint), "--out", str(tmp_path), *argv])
-    with pytest.raises(RobustkitError, match=match):
-        args.func(args)
+def test_mistakes_are_one_line_errors(argv, match, checkpoint, tmp_path, capsys):
+    out = tmp_path / "never"
+    code, _, err = run_main(["explain", "--checkpoint", checkpoint, "--out", out, *argv], capsys)
+    assert_one_line_error(code, err, match)
+    assert not out.exists()  # refused before the folder was made
 
 
-def test_bad_numbers_are_refused_by_the_parser(checkpoint, tmp_path):
-    with pytest.raises(SystemExit):
-        parse(["sanity", "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--n", "0"])
+def test_bad_numbers_are_refused_by_the_parser(checkpoint, tmp_path, capsys):
+    code, _, err = run_main(["sanity", "--checkpoint", checkpoint, "--out", tmp_path,
+                             "--n", "0"], capsys)
+    assert_one_line_error(code, err, "--n", "must be an integer >= 1")
+
+
+def test_sanity_out_that_is_a_file_is_refused_before_loading(checkpoint, tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine\n")
+    code, _, err = run_main(["sanity", "--checkpoint", checkpoint, "--out",
+                             tmp_path / "taken"], capsys)
+    assert_one_line_error(code, err, "is a file, not a folder")
+    assert (tmp_path / "taken").read_text() == "mine\n"
+
+
+def test_explain_moved_into_the_cli_package():
+    import importlib.util
+
+    assert importlib.util.find_spec("robustkit.explain.cli") is None
+    from robustkit.cli import explain
+
+    assert callable(explain.cmd_explain) and callable(explain.cmd_sanity)

@@ -1,4 +1,5 @@
-"""Training: losses go down, runs are reproducible on the CPU, and the losses are the textbook ones."""
+"""Training: losses go down, runs are reproducible on the CPU, the losses are the textbook
+ones, and train_and_save records what produced a checkpoint."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustkit import models
+from robustkit import data, models
 from robustkit.config import TrainConfig
 from robustkit.errors import RobustkitError
-from robustkit.train import History, fit, loss_function, predict, random_shift
+from robustkit.core import predict
+from robustkit.train import (History, epoch_line, fit, loss_function, random_shift, run_epoch,
+                             setup, train_and_save)
 
 QUIET = {"quiet": True, "device": "cpu"}
 
@@ -139,7 +142,7 @@ def test_bad_data_raises(tiny_mlp):
 
 
 def test_amp_choice():
-    from robustkit.train import amp_dtype_for
+    from robustkit.core import amp_dtype_for
 
     assert amp_dtype_for(torch.device("cuda"), None) == torch.float16
     assert amp_dtype_for(torch.device("cuda"), False) is None
@@ -230,3 +233,131 @@ def test_predict_restores_the_training_flag(tiny_mlp, tiny_batch):
     tiny_mlp.eval()
     with torch.no_grad():
         torch.testing.assert_close(out, tiny_mlp(tiny_batch))
+
+
+def test_setup_and_run_epoch_are_fit_in_pieces(mnist_small):
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, augment="shift")
+    whole = _logistic()
+    history = fit(whole, mnist_small, config=cfg, amp=False, **QUIET)
+    pieces = _logistic()
+    run = setup(pieces, mnist_small, None, cfg, None, device="cpu", amp=False)
+    assert run.done == 0 and len(run.loader) == 4  # 256 images in batches of 64
+    records = [run_epoch(run, epoch)[0] for epoch in (1, 2)]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in records] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in history.epochs]
+    assert torch.equal(pieces.linear.weight, whole.linear.weight)
+
+
+def test_epoch_line_formats_a_record():
+    record = {"epoch": 3, "loss": 0.12345, "train_accuracy": 0.9, "test_accuracy": 0.85,
+              "guard_accuracy": 0.5, "guard_single_step_accuracy": 0.6, "seconds": 2.26}
+    assert epoch_line(record, 10) == ("epoch   3/10  loss 0.1235  train acc 0.9000  held-out "
+                                      "pgd acc 0.5000 (single step 0.6000)  test acc 0.8500  "
+                                      "2.3s")
+    assert epoch_line({**record, "test_accuracy": None, "guard_accuracy": None}, 10) == \
+        "epoch   3/10  loss 0.1235  train acc 0.9000  2.3s"
+
+
+def test_labels_of_any_integer_dtype_and_float64_images_are_taken(mnist_small):
+    x, y = mnist_small
+    a, b = _logistic(), _logistic()
+    fit(a, (x, y), epochs=1, augment="none", amp=False, **QUIET)
+    fit(b, (x.double(), y.to(torch.int32)), epochs=1, augment="none", amp=False, **QUIET)
+    assert torch.equal(a.linear.weight, b.linear.weight)
+
+
+@pytest.mark.parametrize("split,match", [
+    (lambda x, y: torch.utils.data.TensorDataset(x, y, y), "a TensorDataset of \\(x, y\\)"),
+    (lambda x, y: [x], "an \\(x, y\\) pair"),
+    (lambda x, y: (x.numpy(), y), "must be \\(x, y\\) tensors"),
+], ids=["three-tensors", "one-tensor", "numpy"])
+def test_a_split_that_is_not_x_y_is_refused(split, match, tiny_batch):
+    with pytest.raises(RobustkitError, match=match):
+        fit(_logistic(), split(tiny_batch, torch.zeros(8, dtype=torch.long)), epochs=1, **QUIET)
+
+
+def test_a_negative_eval_every_is_refused(tiny_batch):
+    with pytest.raises(RobustkitError, match="eval_every must be an integer >= 0"):
+        fit(_logistic(), (tiny_batch, torch.zeros(8, dtype=torch.long)), eval_every=-1, **QUIET)
+
+
+FAST = TrainConfig(epochs=2, batch_size=64, lr=0.02, augment="none")
+
+
+def test_train_and_save_records_what_produced_the_checkpoint(tmp_path):
+    lines: list[str] = []
+    out = tmp_path / "m.pt"
+    model, history = train_and_save("logistic", "mnist-5k", out, config=FAST, seed=1,
+                                    train_size=200, device="cpu", amp=False, log=lines.append)
+    assert out.exists() and not (tmp_path / "m.pt.resume").exists()
+    meta = models.load(out).robustkit_metadata
+    assert {k: meta[k] for k in ("dataset", "train_size", "seed", "epochs", "training",
+                                 "training_method", "threat_model", "device", "amp")} == {
+        "dataset": "mnist-5k", "train_size": 200, "seed": 1, "epochs": 2,
+        "training": {"epochs": 2, "batch_size": 64, "lr": 0.02, "loss": "cross_entropy",
+                     "optimizer": "sgd", "weight_decay": 5e-4, "label_smoothing": 0.0,
+                     "augment": "none"},
+        "training_method": "standard", "threat_model": None, "device": "cpu", "amp": None}
+    assert meta["test_accuracy"] == history.final_test_accuracy > 0.5
+    assert meta["history"] == history.epochs and meta["train_seconds"] == history.seconds
+    assert [e["test_accuracy"] is None for e in history.epochs] == [True, False]  # eval_every 0
+    assert len(lines) == 1 and lines[0].startswith(
+        "training logistic (7,850 parameters) on mnist-5k (200 train / 1000 test), seed 1: ")
+    x, y = data.load_tensors("mnist-5k", "test")
+    assert history.final_test_accuracy == pytest.approx(
+        (predict(model, x).argmax(1) == y).float().mean().item())
+
+
+def test_train_and_save_resumes_and_fresh_starts_over(tmp_path, monkeypatch):
+    from robustkit import snapshot
+
+    out, state = tmp_path / "m.pt", tmp_path / "m.pt.resume"
+    real = snapshot.save
+
+    def save_then_die(path, saved):
+        real(path, saved)
+        raise KeyboardInterrupt
+
+    kwargs = dict(config=FAST, train_size=200, device="cpu", amp=False)
+    with monkeypatch.context() as m:
+        m.setattr(snapshot, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_and_save("logistic", "mnist-5k", out, **kwargs)
+    assert state.exists() and not out.exists()
+    _, resumed = train_and_save("logistic", "mnist-5k", out, **kwargs)
+    _, fresh = train_and_save("logistic", "mnist-5k", tmp_path / "f.pt", fresh=True, **kwargs)
+    assert [e["loss"] for e in resumed.epochs] == [e["loss"] for e in fresh.epochs]
+    torch.save({"format": 0}, state)  # a state it cannot use
+    with pytest.raises(RobustkitError, match="m.pt.resume"):
+        train_and_save("logistic", "mnist-5k", out, **kwargs)
+    train_and_save("logistic", "mnist-5k", out, fresh=True, **kwargs)
+    assert not state.exists()
+
+
+def test_train_and_save_takes_options_a_test_split_and_adversarial_training(tmp_path,
+                                                                           mnist_test_small):
+    adv = {"method": "fgsm-rs", "eps": 0.1, "guard": False}
+    _, history = train_and_save("mlp", "mnist-5k", tmp_path / "m.pt", config=FAST,
+                                train_size=200, options={"hidden": [8]}, adversarial=adv,
+                                test=mnist_test_small, device="cpu", amp=False)
+    loaded = models.load(tmp_path / "m.pt")
+    assert loaded.robustkit_spec["options"] == {"hidden": [8]}
+    meta = loaded.robustkit_metadata
+    assert meta["training_method"] == "fgsm-rs"
+    assert meta["threat_model"] == {"norm": "linf", "eps": 0.1}
+    assert history.final_test_accuracy == pytest.approx(
+        (predict(loaded, mnist_test_small[0]).argmax(1) == mnist_test_small[1])
+        .float().mean().item())
+
+
+def test_train_py_imports_neither_the_cli_nor_the_experiments():
+    import ast
+    from pathlib import Path
+
+    import robustkit.train
+
+    tree = ast.parse(Path(robustkit.train.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith(("robustkit.cli",
+                                                           "robustkit.experiment"))}

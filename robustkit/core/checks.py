@@ -44,9 +44,12 @@ def check_inputs(x: Any, y: Any = None, *, what: str = "attack") -> None:
         raise RobustkitError(f"{what}: x must be floating point in [0, 1], got dtype {x.dtype}")
     if x.shape[0] == 0:
         raise RobustkitError(f"{what}: x is an empty batch")
-    if not torch.isfinite(x).all():
+    # min and max propagate NaN, and an Inf is an extreme: one pass, no (N, C, H, W) mask,
+    # so checking a large dataset costs no memory (torch.isfinite(x) took 1.75x x here).
+    lo_t, hi_t = torch.aminmax(x)
+    lo, hi = lo_t.item(), hi_t.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise RobustkitError(f"{what}: x contains NaN or Inf")
-    lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         raise RobustkitError(
             f"{what}: x must lie in [0, 1] (normalization belongs inside the model), "

@@ -11,7 +11,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,29 +81,113 @@ def create(
         ``robustkit_spec`` attribute that :func:`robustkit.models.save` records.
     """
     spec = MODELS.get(name)
-    shape = tuple(int(s) for s in in_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise RobustkitError(f"in_shape must be (C, H, W) with positive sizes, got {tuple(in_shape)}")
-    if num_classes < 2:
-        raise RobustkitError(f"num_classes must be at least 2, got {num_classes}")
+    shape, num_classes = _check_shape(in_shape, num_classes)
     channels = shape[0]
-    mean_t = tuple(float(m) for m in (mean if mean is not None else [0.5] * channels))
-    std_t = tuple(float(s) for s in (std if std is not None else [0.5] * channels))
+    try:
+        mean_t = tuple(float(m) for m in (mean if mean is not None else [0.5] * channels))
+        std_t = tuple(float(s) for s in (std if std is not None else [0.5] * channels))
+    except (TypeError, ValueError):
+        raise RobustkitError(f"mean and std must be numbers, one per channel: {mean!r}, "
+                             f"{std!r}") from None
     if len(mean_t) != channels or len(std_t) != channels:
         raise RobustkitError(f"mean and std need {channels} values (one per channel)")
+    plain = check_options(name, options)
     try:
         model = spec.factory(shape, num_classes, mean_t, std_t, **options)
-    except TypeError as err:
-        raise RobustkitError(f"model {name!r}: bad options {sorted(options)}: {err}") from None
-    model.robustkit_spec = {
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:
+        if isinstance(err, RobustkitError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RobustkitError(f"model {name!r}: bad options {plain}: {first}") from None
+    record: Any = {  # read by robustkit.models.save
         "name": name,
         "in_shape": list(shape),
         "num_classes": int(num_classes),
         "mean": list(mean_t),
         "std": list(std_t),
-        "options": _plain(options),
+        "options": plain,
     }
+    model.robustkit_spec = record
     return model
+
+
+#: The largest image (C * H * W) and number of classes a model may be built for: beyond
+#: them a (tampered) checkpoint or config would only exhaust memory.
+MAX_ELEMENTS = 2**31
+
+
+def _check_shape(in_shape: Sequence[int], num_classes: int
+                 ) -> tuple[tuple[int, int, int], int]:
+    """``(in_shape, num_classes)``: three positive ints, and an int in [2, 2**31]; checked
+    without building anything."""
+    try:
+        shape = tuple(operator.index(s) for s in in_shape)
+    except TypeError:  # floats, strings, or not a sequence at all
+        raise RobustkitError(f"in_shape must be (C, H, W) with positive integer sizes, got "
+                             f"{in_shape!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise RobustkitError(f"in_shape must be (C, H, W) with positive sizes, got {shape}")
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise RobustkitError(f"in_shape {shape} has {math.prod(shape):,} elements per image; "
+                             f"at most {MAX_ELEMENTS:,}")
+    try:
+        if isinstance(num_classes, bool):
+            raise TypeError
+        k = operator.index(num_classes)
+    except TypeError:
+        raise RobustkitError(f"num_classes must be an integer, got {num_classes!r}") from None
+    if k < 2 or k > MAX_ELEMENTS:
+        raise RobustkitError(f"num_classes must be at least 2 and at most {MAX_ELEMENTS:,}, "
+                             f"got {k}")
+    return (shape[0], shape[1], shape[2]), k
+
+
+def valid_options(name: str) -> dict[str, Any]:
+    """The options model ``name`` takes, with their defaults (``inspect.Parameter.empty``
+    where there is none); read from its factory's signature.
+
+    Example:
+        >>> sorted(valid_options("mlp"))
+        ['activation', 'dropout', 'hidden']
+    """
+    params = list(inspect.signature(MODELS.get(name).factory).parameters.values())
+    # The first four are (in_shape, num_classes, mean, std), given by create itself.
+    return {p.name: p.default for p in params[4:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``options`` against model ``name``'s factory; return them as plain values.
+
+    Raises:
+        RobustkitError: the model is unknown, an option is one the factory does not take
+            (the message lists the valid ones), or a value is not a number, string, bool
+            or list of them.
+
+    Example:
+        >>> check_options("mlp", {"hidden": (64,)})
+        {'hidden': [64]}
+    """
+    valid = valid_options(name)
+    if not isinstance(options, Mapping):
+        raise RobustkitError(f"model {name!r}: options must be a table of names and values, "
+                             f"got {type(options).__name__}")
+    takes_any = any(p.kind is p.VAR_KEYWORD  # a factory with **options checks them itself
+                    for p in inspect.signature(MODELS.get(name).factory).parameters.values())
+    unknown = [] if takes_any else [str(k) for k in options if k not in valid]
+    if unknown:
+        raise RobustkitError(
+            f"model {name!r}: bad options {sorted(unknown)}: it takes no option "
+            f"{unknown[0]!r}; valid options: {', '.join(valid) or '(none)'}")
+    plain = {}
+    for key, value in options.items():
+        try:
+            plain[str(key)] = _plain(value)
+        except RobustkitError:
+            raise RobustkitError(
+                f"model {name!r}: option {key!r} must be a number, string, bool or a list of "
+                f"them, got {type(value).__name__}") from None
+    return plain
 
 
 def _plain(value: Any) -> Any:

@@ -1,11 +1,9 @@
-"""The ``robustkit explain`` and ``robustkit sanity`` subcommands, thin over the API.
-
-``robustkit.cli`` wires them in with :func:`add_parsers`; its helpers (checkpoint and test
-images, JSON writing, number parsing) are imported when a command runs, so that the two
-modules can import each other in either order.
+"""``robustkit explain`` and ``robustkit sanity``: attribution maps of test images, their
+faithfulness and alignment, and the model-randomization sanity check; thin over
+:mod:`robustkit.explain`.
 
 Example:
-    robustkit explain --checkpoint m.pt --methods saliency,integrated_gradients,gradcam --n 16 --out DIR
+    robustkit explain --checkpoint m.pt --methods saliency,gradcam --n 16 --out DIR
     robustkit sanity --checkpoint m.pt --methods saliency,guided_backprop,gradcam --out DIR
 """
 
@@ -20,18 +18,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustkit.cli import common
+from robustkit.core import predict, versions
 from robustkit.errors import RobustkitError
+from robustkit.explain.alignment import alignment
+from robustkit.explain.attribution import attribute
+from robustkit.explain.deletion import faithfulness, faithfulness_table
+from robustkit.explain.methods import EXPLAINERS, names, options_of
+from robustkit.explain.sanity import sanity_check
 
 DEFAULT_EXPLAIN = "saliency,integrated_gradients,gradcam"
 
 
 def add_parsers(sub: Any) -> None:
     """Add the ``explain`` and ``sanity`` subcommands to an argparse subparsers object."""
-    from robustkit.cli import _positive_int
-
     p = sub.add_parser("explain", help="attribution maps of test images, with faithfulness metrics")
     _common(p, DEFAULT_EXPLAIN, n=16)
-    p.add_argument("--steps", type=_positive_int, default=20,
+    p.add_argument("--steps", type=common.positive_int, default=20,
                    help="deletion/insertion steps (default 20: 5%% of the pixels each)")
     p.set_defaults(func=cmd_explain)
 
@@ -42,28 +45,22 @@ def add_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser, methods: str, n: int) -> None:
-    from robustkit.cli import _positive_int
-
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--methods", help=f"comma-separated method names (default: {methods})")
-    p.add_argument("--n", type=_positive_int, default=n, help=f"test images (default {n})")
     p.add_argument("--target", choices=["label", "prediction"], default="label",
                    help="the class to explain (default: the true label)")
-    p.add_argument("--batch-size", type=_positive_int,
-                   help="rows per forward pass (default: sized by memory)")
-    p.add_argument("--dataset", help="default: the checkpoint's dataset")
-    p.add_argument("--root")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    common.add_images(p, n=n, batch_size=None)
+    p.add_argument("--seed", type=common.seed_int, default=0)
+    common.add_device(p)
     p.add_argument("--out", required=True, help="folder for the figures and the JSON")
 
 
 def _methods(text: str | None, default: list[str]) -> list[str]:
-    from robustkit.explain.methods import EXPLAINERS
-
     chosen = [m.strip() for m in text.split(",") if m.strip()] if text else default
     if not chosen:
         raise RobustkitError("--methods names no method")
+    if len(set(chosen)) != len(chosen):
+        raise RobustkitError(f"--methods names a method twice: {text!r}")
     for m in chosen:
         EXPLAINERS.get(m)  # an unknown name lists the valid ones
     return chosen
@@ -86,24 +83,17 @@ class _Job:
 
 def _setup(args: argparse.Namespace, default: list[str]) -> _Job:
     """The job, with every user mistake caught before any work."""
-    from robustkit.cli import _load_for_attack
-    from robustkit.train import predict
-
     methods = _methods(args.methods, default)
-    model, dataset, x, y = _load_for_attack(args)
+    out = common.out_dir(args.out)
+    model, dataset, x, y = common.load_for_attack(args)
     pred = predict(model, x).argmax(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
               "target": args.target, "seed": args.seed, "methods": methods}
     return _Job(methods, model, x, y, pred, y if args.target == "label" else pred, out, record)
 
 
 def _finish(out: Path, name: str, record: dict[str, Any]) -> None:
-    from robustkit.cli import _write_json
-    from robustkit.models.checkpoint import versions
-
-    _write_json(str(out / name), {**record, "versions": versions(),
+    common.write_out(out / name, {**record, "versions": versions(),
                                   "torch_threads": torch.get_num_threads()})
 
 
@@ -111,11 +101,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Maps of ``--n`` test images by each method (``explanations.png``), their deletion and
     insertion curves against random rankings (``faithfulness.png``), their alignment with
     the image, and ``explain.json``."""
-    from robustkit.explain.alignment import alignment
-    from robustkit.explain.attribution import attribute
-    from robustkit.explain.deletion import faithfulness, faithfulness_table
-    from robustkit.explain.methods import options_of
-    from robustkit.explain.plotting import plot, plot_faithfulness
+    from robustkit.explain.plotting import plot, plot_faithfulness  # matplotlib: when drawing
 
     job = _setup(args, DEFAULT_EXPLAIN.split(","))
     maps, results, seconds = {}, {}, {}
@@ -131,6 +117,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print("alignment with the image (Spearman of |map| with the pixels; Tsipras et al. "
           "2019): " + ", ".join(f"{m} {a.means()['spearman']:.3f}" for m, a in aligned.items()))
     labels = [f"label {a}, pred {b}" for a, b in zip(job.y.tolist(), job.pred.tolist())]
+    job.out.mkdir(parents=True, exist_ok=True)
     plot(job.x, maps, labels=labels, path=job.out / "explanations.png")
     plot_faithfulness(results, path=job.out / "faithfulness.png")
     print(f"wrote {job.out / 'explanations.png'} and {job.out / 'faithfulness.png'}")
@@ -144,9 +131,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_sanity(args: argparse.Namespace) -> int:
     """Model-randomization sanity check: ``sanity.json`` and the curves in ``sanity.png``."""
-    from robustkit.explain.methods import names
-    from robustkit.explain.plotting import plot_sanity
-    from robustkit.explain.sanity import sanity_check
+    from robustkit.explain.plotting import plot_sanity  # matplotlib: when drawing
 
     job = _setup(args, names())
     start = time.perf_counter()
@@ -156,6 +141,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     print(f"{args.mode} randomization, {len(job.y)} {job.record['dataset']} test images "
           f"({seconds:.1f}s); Spearman rank correlation of |attribution| with the original:")
     print(result.table("spearman_abs"))
+    job.out.mkdir(parents=True, exist_ok=True)
     plot_sanity(result, path=job.out / "sanity.png")
     print(f"wrote {job.out / 'sanity.png'}")
     job.record.update(mode=args.mode, seconds=seconds, sanity=result.to_dict())

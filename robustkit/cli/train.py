@@ -1,0 +1,111 @@
+"""``robustkit train``: a registered model trained on a registered dataset and saved as a
+checkpoint; thin over :func:`robustkit.train.train_and_save`.
+
+A killed run started again goes on from ``OUT.resume`` (``--fresh`` starts over).
+
+Example:
+    robustkit train --model alexnet --dataset mnist-5k --out m.pt
+    robustkit train --model alexnet --adversarial pgd --eps 0.3 --out robust.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any
+
+from robustkit import data, models
+from robustkit.adversarial import adversarial_training, as_config
+from robustkit.cli import common
+from robustkit.config import TrainConfig
+from robustkit.core import check_writable
+from robustkit.errors import RobustkitError
+from robustkit.train import epoch_line, train_and_save
+
+LOSS_ALIASES = {"ce": "cross_entropy", "cross_entropy": "cross_entropy", "mse": "mse"}
+
+#: The flags that only mean something with ``--adversarial``, and the field each sets.
+ADVERSARIAL_FLAGS = {"eps": "eps", "adv_norm": "norm", "adv_steps": "steps"}
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``train`` to an argparse subparsers object."""
+    p = sub.add_parser("train", help="train a registered model on a dataset and save a checkpoint")
+    p.add_argument("--model", required=True, help="registered model name (logistic, mlp, alexnet)")
+    p.add_argument("--dataset", default="mnist-5k",
+                   help="registered dataset name (default mnist-5k)")
+    p.add_argument("--epochs", type=common.positive_int, help="default: the model's tuned setting")
+    p.add_argument("--batch-size", type=common.positive_int)
+    p.add_argument("--lr", type=common.positive_float, help="peak learning rate")
+    p.add_argument("--seed", type=common.seed_int, default=0)
+    p.add_argument("--train-size", type=common.positive_int,
+                   help="train on a stratified, seeded subset of this many examples")
+    common.add_device(p)
+    p.add_argument("--loss", choices=sorted(LOSS_ALIASES), help="ce (cross-entropy) or mse")
+    p.add_argument("--root", help="folder of torchvision datasets")
+    p.add_argument("--download", action="store_true", help="let torchvision download a dataset")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                   help="mixed precision: auto = float16 on CUDA, bfloat16 on a CPU with native "
+                        "bfloat16, else off")
+    p.add_argument("--eval-every", type=common.nonneg_int, default=0, metavar="N",
+                   help="score the test split every N epochs (default: after the last only)")
+    p.add_argument("--adversarial", choices=["fgsm-rs", "pgd", "trades"],
+                   help="adversarial training: fgsm-rs (Wong et al. 2020), pgd (Madry et al. "
+                        "2017) or trades (Zhang et al. 2019); uses the model's adversarial "
+                        "training defaults")
+    p.add_argument("--eps", type=common.positive_float,
+                   help="with --adversarial: the threat model's radius (default 0.3)")
+    p.add_argument("--adv-norm", help="with --adversarial: linf (default) or l2")
+    p.add_argument("--adv-steps", type=common.positive_int,
+                   help="with --adversarial: inner attack steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore OUT.resume (the training state an interrupted run left) and "
+                        "start over")
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.set_defaults(func=cmd_train)
+
+
+def _settings(args: argparse.Namespace) -> tuple[TrainConfig, Any]:
+    """The training settings and the adversarial config (None for standard training),
+    from the flags given; conflicting flags are refused."""
+    given = {field: getattr(args, flag) for flag, field in ADVERSARIAL_FLAGS.items()
+             if getattr(args, flag) is not None}
+    if args.adversarial is None and given:
+        flags = [f"--{f.replace('_', '-')}" for f in ADVERSARIAL_FLAGS
+                 if getattr(args, f) is not None]
+        verb = "applies" if len(flags) == 1 else "apply"
+        raise RobustkitError(f"{' and '.join(flags)} only {verb} with --adversarial (fgsm-rs, "
+                             "pgd or trades)")
+    adversarial = as_config({"method": args.adversarial, **given}) if args.adversarial else None
+    cfg = adversarial_training(args.model) if adversarial else models.default_training(args.model)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                 "loss": LOSS_ALIASES.get(args.loss) if args.loss else None}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return cfg, adversarial
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, save the checkpoint at ``--out`` and print the test accuracy."""
+    start = time.perf_counter()
+    data.spec(args.dataset)  # unknown names fail here, before any work
+    models.MODELS.get(args.model)
+    cfg, adversarial = _settings(args)
+    out = check_writable(args.out, "--out")
+    common.out_file(f"{args.out}.resume", flag="--out (its resume file)")
+    model, history = train_and_save(
+        args.model, args.dataset, out, config=cfg, seed=args.seed, train_size=args.train_size,
+        adversarial=adversarial, device=args.device,
+        amp={"auto": None, "on": True, "off": False}[args.amp], eval_every=args.eval_every,
+        quiet=args.quiet, root=args.root, download=args.download, fresh=args.fresh,
+        log=lambda line: print(line, flush=True))
+    if args.quiet:
+        for record in history.epochs:
+            print(epoch_line(record, cfg.epochs))
+    acc = history.final_test_accuracy
+    acc_text = f"{acc:.4f} ({acc * 100:.2f}%)" if acc is not None else "not measured"
+    print(f"test accuracy {acc_text} after {cfg.epochs} epochs; "
+          f"trained in {history.seconds:.1f}s on {history.device}, "
+          f"{time.perf_counter() - start:.1f}s in all; saved {out}")
+    return 0
