@@ -12,7 +12,8 @@ from robustkit.experiment import run
 from robustkit.report import render
 from robustkit.report.compare import compare
 
-EVIL = "<script>alert(1)</script>"
+# A model name that is HTML (and passes the config's safe-name check: no "/").
+EVIL = "<script>alert(1)"
 
 CONFIG = f"""
 name = "report-test"
@@ -89,7 +90,7 @@ def test_render_calls_no_model(run_dir, monkeypatch):
 def test_user_strings_are_escaped(run_dir):
     page = (run_dir / "index.html").read_text()
     assert "<script" not in page  # the page has no script of its own, nor the model's name
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(1)" in page
     assert "<b>not</b>" not in page and "&lt;b&gt;not&lt;/b&gt;" in page
     markdown = (run_dir / "README.md").read_text()
     assert EVIL not in markdown and "&lt;script&gt;" in markdown
@@ -138,10 +139,11 @@ def test_alignment_figures_and_table_match_the_records(run_dir):
             ("alignment", "spearman"), ("alignment", "ink_share"), ("alignment", "area_share"),
             ("alignment_adv", "spearman"), ("alignment_adv", "ink_share"))]
         name = html.escape(r["model"], quote=False)
+        md_name = md_cell(r["model"])
         row = (f'<tr><td>{name}</td><td class="text">{r["method"]}</td>'
                + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         assert row in page, row
-        md_row = f"| {md_cell(name)} | {r['method']} | " + " | ".join(cells) + " |"
+        md_row = f"| {md_name} | {md_cell(r['method'])} | " + " | ".join(cells) + " |"
         assert md_row in markdown, md_row
     # One side-by-side figure per method (images on top, a row per model) and the chart,
     # each a real PNG referenced from both pages.
@@ -263,7 +265,7 @@ def test_compare_shows_validity_explanations_sanity_and_transfer(run_dir, tmp_pa
     page = compare([run_dir, tmp_path / "second"], tmp_path / "cmp").read_text()
     markdown = (tmp_path / "cmp" / "README.md").read_text()
     evil = html.escape(EVIL, quote=False)
-    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page and "&lt;script&gt;alert(1)" in page
     assert EVIL not in markdown and "&lt;script&gt;" in markdown
     assert f"| {md_cell(pipe)} |" in markdown
     _md_tables_keep_their_columns(markdown)
@@ -288,7 +290,7 @@ def test_compare_shows_validity_explanations_sanity_and_transfer(run_dir, tmp_pa
               f'<td class="fail">{len(failed)}</td>' if failed else "<td>0</td>",
               f"<td>{skipped}</td>", f'<td class="text">{", ".join(failed)}</td>'],
              [label, md_cell(model), "1", str(passed), f"**{len(failed)}**" if failed else "0",
-              str(skipped), ", ".join(failed)])
+              str(skipped), md_cell(", ".join(failed))])
     # Explanations: faithfulness beside its random baseline; alignment where recorded.
     for label, records in (("report-test", ours), ("second", theirs)):
         r = next(r for r in records if r["kind"] == "explain" and r["model"] == EVIL
@@ -303,7 +305,7 @@ def test_compare_shows_validity_explanations_sanity_and_transfer(run_dir, tmp_pa
         assert label == "report-test" or cells[0] == "0.123"
         rows([f"<td>{label}</td>", f'<td class="text">{evil}</td>',
               '<td class="text">saliency</td>'] + [f"<td>{c}</td>" for c in cells],
-             [label, md_cell(evil), "saliency"] + cells)
+             [label, md_cell(EVIL), "saliency"] + cells)
     # Sanity: the last row of the cascade, every layer randomized.
     for label, records in (("report-test", ours), ("second", theirs)):
         last = next(r for r in records if r["kind"] == "sanity" and r["model"] == EVIL
@@ -313,7 +315,7 @@ def test_compare_shows_validity_explanations_sanity_and_transfer(run_dir, tmp_pa
         rows([f"<td>{label}</td>", f'<td class="text">{evil}</td>',
               '<td class="text">saliency</td>', f'<td class="text">{last["layer"]}</td>',
               f"<td>{value}</td>"],
-             [label, md_cell(evil), "saliency", last["layer"], value])
+             [label, md_cell(EVIL), "saliency", md_cell(last["layer"]), value])
     # Transfer: each run's own pairs only; the other run's model names stay empty.
     source = next(r for r in theirs if r["kind"] == "transfer" and r["source"] == pipe)
     own = fmt(next(row for row in source["rows"] if row["eps"] == 0.1)["accuracy"][pipe])
@@ -323,7 +325,7 @@ def test_compare_shows_validity_explanations_sanity_and_transfer(run_dir, tmp_pa
     rows(["<td>second</td>", f'<td class="text">{pipe}</td>',
           f'<td class="text">{source["attack"]}</td>', "<td></td>", "<td>43.2</td>",
           f'<td class="wb">{own}</td>'],
-         ["second", md_cell(pipe), source["attack"], "", "43.2", f"**{own}**"])
+         ["second", md_cell(pipe), md_cell(source["attack"]), "", "43.2", f"**{own}**"])
 
 
 def test_compare_of_runs_recorded_before_alignment(run_dir, tmp_path):

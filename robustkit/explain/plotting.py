@@ -10,7 +10,8 @@ its bidirectional control characters are shown as escapes. The reports use the s
 helpers (:mod:`robustkit.report`), so a name reads the same in every output.
 
 Example:
-    >>> a = {m: attribute(model, x, y, method=m) for m in ("saliency", "integrated_gradients")}  # doctest: +SKIP
+    >>> a = {m: attribute(model, x, y, method=m)                           # doctest: +SKIP
+    ...      for m in ("saliency", "integrated_gradients")}
     >>> fig = plot(x, a, path="maps.png")                                  # doctest: +SKIP
 """
 
@@ -26,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 
 from robustkit.core import write_atomic
+from robustkit.core.text import visible_controls
 from robustkit.errors import RobustkitError
 from robustkit.explain.sanity import SIMILARITIES
 
@@ -33,37 +35,6 @@ Tensor = torch.Tensor
 #: Colormaps: signed maps diverge around 0 (red for, blue against); absolute ones rise.
 SIGNED_CMAP = "RdBu_r"
 ABSOLUTE_CMAP = "inferno"
-
-
-#: Bidirectional control characters (embeddings, overrides, isolates, marks): in a name
-#: they can reorder the text around them, so that what is shown is not what is stored.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-                          "\u200e\u200f\u061c")
-
-
-def visible_controls(text: object) -> str:
-    """``text`` with bidirectional controls and other control characters (except tab and
-    newline) shown as visible escapes such as ``\\u202e``, so they cannot reorder or hide
-    the text around them.
-
-    Args:
-        text: any value; it is turned into a string first.
-
-    Returns:
-        The string, every such character replaced by its ``\\uXXXX`` escape.
-
-    Example:
-        >>> visible_controls("abc\\u202edef")
-        'abc\\\\u202edef'
-    """
-    text = str(text)
-    return "".join(f"\\u{ord(c):04x}" if c in BIDI_CONTROLS or _is_control(c) else c
-                   for c in text)
-
-
-def _is_control(c: str) -> bool:
-    code = ord(c)
-    return (code < 0x20 and c not in "\t\n\r") or 0x7f <= code < 0xa0
 
 
 def literal(text: object) -> str:

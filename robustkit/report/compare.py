@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
+from robustkit.core import check_writable_dir, write_atomic
 from robustkit.errors import RobustkitError
-from robustkit.experiment.store import write_atomic
 from robustkit.report import compare_sections as sections
 from robustkit.report import figures
 from robustkit.report.render import _HTML, _MD, slug
-from robustkit.report.results import fmt, load
+from robustkit.report.results import fmt, load, structure_errors
 
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
@@ -21,7 +23,9 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     robustness curves (drawn together when the runs used the same attack name),
     validity checks, explanations (faithfulness and perceptual alignment), sanity checks
     and transfer within each run; a section appears when any run has records for it.
-    Only the runs' ``results.json`` is read: nothing is recomputed.
+    Only the runs' ``results.json`` is read: nothing is recomputed. User strings are
+    escaped as in :func:`robustkit.report.render`; a damaged file is one
+    :class:`RobustkitError` naming it, and so is an output that cannot be written.
 
     Args:
         run_dirs: two or more run folders (each with ``results.json``).
@@ -31,25 +35,32 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         The path of the HTML page.
 
     Example:
-        >>> compare(["reports/quickstart", "reports/robust_vs_standard"], "reports/cmp")  # doctest: +SKIP
+        >>> compare(["reports/quickstart", "reports/robust_vs_standard"],
+        ...         "reports/cmp")                                    # doctest: +SKIP
     """
     if len(run_dirs) < 2:
         raise RobustkitError("compare needs at least two run folders")
+    check_writable_dir(Path(out) / "figures", "comparison folder")
     runs = {}
+    paths = []
     for d in run_dirs:
         loaded = load(d)
+        paths.append(str(loaded["path"]))
         name = loaded["results"].get("experiment") or Path(d).name
         if name in runs:
             name = str(d)
         runs[name] = loaded["results"]["records"]
     out = Path(out)
-    context = {"runs": list(runs), "rows": sections.models(runs),
-               "robustness": _robustness(sections.curves(runs), out),
-               "validity": sections.validity(runs), "explanations": sections.explanations(runs),
-               "sanity": sections.sanity(runs), "transfer": sections.transfer(runs)}
-    write_atomic(out / "index.html",
-                 _HTML.get_template("compare.html.j2").render(**context).encode())
-    write_atomic(out / "README.md", _MD.get_template("compare.md.j2").render(**context).encode())
+    with structure_errors(", ".join(paths), (jinja2.UndefinedError,)):
+        context = {"runs": list(runs), "rows": sections.models(runs),
+                   "robustness": _robustness(sections.curves(runs), out),
+                   "validity": sections.validity(runs),
+                   "explanations": sections.explanations(runs),
+                   "sanity": sections.sanity(runs), "transfer": sections.transfer(runs)}
+        html = _HTML.get_template("compare.html.j2").render(**context)
+        md = _MD.get_template("compare.md.j2").render(**context)
+    write_atomic(out / "index.html", html.encode())
+    write_atomic(out / "README.md", md.encode())
     return out / "index.html"
 
 

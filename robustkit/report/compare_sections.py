@@ -91,7 +91,7 @@ def explanations(runs: Runs) -> dict[str, Any] | None:
 def sanity(runs: Runs) -> list[dict[str, Any]]:
     """Per run, model and method: Spearman of |attribution| once every layer is randomized
     (the cascade's last entry; Adebayo et al. 2018), mean ± std over seeds."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for run, records in runs.items():
         for (model,), recs in by(of_kind(records, "sanity"), "model").items():
             methods = dict.fromkeys(m for r in recs for m in r["table"])

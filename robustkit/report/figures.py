@@ -1,16 +1,23 @@
 """Matplotlib figures drawn from stored results (never from models).
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, not pyplot, so drawing
-leaves no global state behind and works without a display.
+leaves no global state behind and works without a display. Every text that may hold a
+user string (titles, labels, legend entries, tick labels) goes through
+:func:`~robustkit.explain.plotting.literal`, so a model named ``$\\frac{1}{0}$`` is drawn
+as written, never as mathtext; files are written with
+:func:`~robustkit.explain.plotting.save_figure` (atomic; a full disk is one error).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
+
+from robustkit.errors import RobustkitError
+from robustkit.explain.plotting import literal, save_figure
 
 Matrix = Mapping[str, Mapping[str, float]]
 
@@ -37,7 +44,7 @@ def transfer_heatmaps(matrices: Mapping[float, Matrix], path: str | os.PathLike 
     """
     items = sorted(matrices.items())
     if not items:
-        raise ValueError("transfer_heatmaps needs at least one matrix")
+        raise RobustkitError("transfer_heatmaps needs at least one matrix")
     sources = list(items[0][1])
     targets = list(items[0][1][sources[0]])
     width = max(4.0, 0.9 * len(targets) + 2.0)  # inches per panel, room for the labels
@@ -54,17 +61,15 @@ def transfer_heatmaps(matrices: Mapping[float, Matrix], path: str | os.PathLike 
                         color="black" if value > 60 else "white")
                 if s == t:
                     ax.add_patch(_outline(j, i))
-        ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right")
-        ax.set_yticks(range(len(sources)), sources)
+        ax.set_xticks(range(len(targets)), [literal(t) for t in targets], rotation=30,
+                      ha="right")
+        ax.set_yticks(range(len(sources)), [literal(s) for s in sources])
         ax.set_xlabel("target")
         ax.set_ylabel("source")
         ax.set_title(f"eps = {eps:g}")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="target accuracy (%)")
-    fig.suptitle(title)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+    fig.suptitle(literal(title))
+    return _save(fig, path, dpi=120)
 
 
 def _outline(col: int, row: int):
@@ -73,10 +78,9 @@ def _outline(col: int, row: int):
     return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
 
 
-def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+def _save(fig: Figure, path: str | os.PathLike | None, dpi: int = 110) -> Figure:
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=dpi)
     return fig
 
 
@@ -94,19 +98,19 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float, float]]], path=
         xs = [p[0] for p in pts]
         mean = [scale * p[1] for p in pts]
         std = [scale * p[2] for p in pts]
-        line, = ax.plot(xs, mean, marker="o", markersize=3, label=label)
+        line, = ax.plot(xs, mean, marker="o", markersize=3, label=literal(label))
         if any(s > 0 for s in std):
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)],
                             [m + s for m, s in zip(mean, std)], alpha=0.2,
                             color=line.get_color())
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    ax.set_xlabel(literal(xlabel))
+    ax.set_ylabel(literal(ylabel + (" (%)" if percent else "")))
     if percent:
         ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title(literal(title))
     return _save(fig, path)
 
 
@@ -145,14 +149,14 @@ def perturbation_grid(x, x_adv, labels: Sequence[str], adv_labels: Sequence[str]
         delta = np.asarray(x_adv[i]) - np.asarray(x[i])
         scale = float(np.abs(delta).max()) or 1.0
         _show(axes[i][0], x[i])
-        axes[i][0].set_title(labels[i], fontsize=7)
+        axes[i][0].set_title(literal(labels[i]), fontsize=7)
         # The perturbation stretched to the full grey range: 0.5 = unchanged pixel.
         _show(axes[i][1], 0.5 + 0.5 * delta / scale)
         axes[i][1].set_title(f"perturbation x{0.5 / scale:.1f}", fontsize=7)
         _show(axes[i][2], x_adv[i])
-        axes[i][2].set_title(adv_labels[i], fontsize=7)
+        axes[i][2].set_title(literal(adv_labels[i]), fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(literal(title), fontsize=10)
     return _save(fig, path)
 
 
@@ -180,9 +184,9 @@ def class_matrix(matrix: Sequence[Sequence[float | None]], path=None, *, title: 
     ax.set_yticks(range(k))
     ax.set_xlabel("target class")
     ax.set_ylabel("true class")
-    fig.colorbar(image, ax=ax, label=label, shrink=0.8)
+    fig.colorbar(image, ax=ax, label=literal(label), shrink=0.8)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(literal(title), fontsize=10)
     return _save(fig, path)
 
 
@@ -213,16 +217,17 @@ def attribution_grid(x, x_adv, maps: Mapping[str, tuple], path=None, *, title: s
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0:
-                    ax.set_title(f"{method}\n{'clean' if k == 0 else 'attacked'}", fontsize=7)
+                    ax.set_title(f"{literal(method)}\n{'clean' if k == 0 else 'attacked'}",
+                                 fontsize=7)
         if i == 0:
             axes[0, 0].set_title("clean", fontsize=7)
             axes[0, 1].set_title("attacked", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(literal(title), fontsize=10)
     return _save(fig, path)
 
 
-def model_maps(x, maps: Mapping[str, object], path=None, *, labels: Sequence[str] = (),
+def model_maps(x, maps: Mapping[str, Any], path=None, *, labels: Sequence[str] = (),
                notes: Mapping[str, str] | None = None, title: str = "",
                max_cols: int = 6) -> Figure:
     """The same images explained by several models: images on top, one row of |map| per model.
@@ -249,7 +254,7 @@ def model_maps(x, maps: Mapping[str, object], path=None, *, labels: Sequence[str
     import numpy as np
 
     if not maps:
-        raise ValueError("model_maps needs at least one model's maps")
+        raise RobustkitError("model_maps needs at least one model's maps")
     n = min(len(x), max_cols)
     rows = 1 + len(maps)
     fig = Figure(figsize=(1.2 * n + 1.1, 1.2 * rows + 0.5), layout="constrained")
@@ -257,7 +262,7 @@ def model_maps(x, maps: Mapping[str, object], path=None, *, labels: Sequence[str
     for j in range(n):
         _show(axes[0, j], x[j])
         if j < len(labels):
-            axes[0, j].set_title(labels[j], fontsize=8)
+            axes[0, j].set_title(literal(labels[j]), fontsize=8)
     axes[0, 0].set_ylabel("image", fontsize=8)
     for i, (model, m) in enumerate(maps.items(), start=1):
         for j in range(n):
@@ -270,9 +275,9 @@ def model_maps(x, maps: Mapping[str, object], path=None, *, labels: Sequence[str
             ax.set_xticks([])
             ax.set_yticks([])
         note = (notes or {}).get(model)
-        axes[i, 0].set_ylabel(f"{model}\n{note}" if note else model, fontsize=8)
+        axes[i, 0].set_ylabel(literal(f"{model}\n{note}" if note else model), fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(literal(title), fontsize=10)
     return _save(fig, path)
 
 
@@ -302,7 +307,7 @@ def alignment_chart(values: Mapping[str, Mapping[str, Mapping[str, Sequence[floa
     models = list(values)
     methods = list(dict.fromkeys(m for per in values.values() for m in per))
     if not methods:
-        raise ValueError("alignment_chart needs at least one model with one method")
+        raise RobustkitError("alignment_chart needs at least one model with one method")
     width = 0.8 / len(models)
     bars = len(models) * len(methods)
     fig = Figure(figsize=(max(6.4, 0.3 * bars + 2.8), 6.4), layout="constrained")
@@ -310,7 +315,7 @@ def alignment_chart(values: Mapping[str, Mapping[str, Mapping[str, Sequence[floa
     jitter = np.random.default_rng(0)  # fixed: the same figure on every render
     for k, model in enumerate(models):
         color = f"C{k % 10}"
-        label: str | None = model  # on the model's first bar only: one legend entry
+        label: str | None = literal(model)  # on the model's first bar only: one legend entry
         for g, method in enumerate(methods):
             v = values[model].get(method)
             if not v:
@@ -330,7 +335,7 @@ def alignment_chart(values: Mapping[str, Mapping[str, Mapping[str, Sequence[floa
     for ax, ylabel in ((top, "Spearman(|map|, image)"), (bottom, "share of |map| on digit")):
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    bottom.set_xticks(range(len(methods)), methods, fontsize=9)
+    bottom.set_xticks(range(len(methods)), [literal(m) for m in methods], fontsize=9)
     top.axhline(0, color="black", linewidth=0.8)
     top.set_title("rank correlation of |map| with the image's pixels", fontsize=9)
     bottom.set_title("share of |map| on the digit (black ticks: the digit's share of the area)",
@@ -338,5 +343,5 @@ def alignment_chart(values: Mapping[str, Mapping[str, Mapping[str, Sequence[floa
     bottom.set_ylim(0, None)
     fig.legend(loc="outside lower center", ncols=min(len(models), 6), fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(literal(title), fontsize=10)
     return _save(fig, path)

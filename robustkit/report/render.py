@@ -2,17 +2,25 @@
 
 ``render(run_dir)`` reads ``results.json`` and the arrays the run stored; it never builds
 or calls a model, so rendering again (``robustkit report reports/NAME``) costs seconds.
+
+User strings are shown as written and never become markup (:mod:`robustkit.report.text`):
 HTML comes from Jinja2 templates with autoescaping on, so a model named
-``<script>alert(1)</script>`` is shown as text.
+``<script>alert(1)</script>`` is shown as text; every value a Markdown template prints is
+escaped, so ``[click](http://evil)`` is no link; bidirectional controls are shown as
+``\\u202e``; figure texts go through :func:`robustkit.explain.plotting.literal`, so
+``$\\frac{1}{0}$`` is no mathtext. A damaged file is one :class:`RobustkitError` naming
+it, and so is a file that cannot be written (a full disk).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import html
+import io
 import math
 import re
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,35 +28,39 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from robustkit.experiment.store import Store, write_atomic
+from robustkit.config import from_dict
+from robustkit.core import check_writable_dir, sha256, write_atomic
+from robustkit.errors import RobustkitError
+from robustkit.experiment.config import Reference
+from robustkit.experiment.store import Store
 from robustkit.explain.plotting import plot_sanity
 from robustkit.report import figures
-from robustkit.report.results import by, flatten, fmt, load, mean_std, of_kind
+from robustkit.report.results import (by, flatten, fmt, load, mean_std, of_kind,
+                                      structure_errors)
+from robustkit.report.text import html_text, md_finalize, md_text
 
 _HTML = jinja2.Environment(loader=jinja2.PackageLoader("robustkit.report", "templates"),
                            autoescape=True, undefined=jinja2.StrictUndefined,
-                           trim_blocks=True, lstrip_blocks=True)
-# Markdown: every value is HTML-escaped too (Markdown viewers render raw HTML).
+                           trim_blocks=True, lstrip_blocks=True, finalize=html_text)
+# Markdown: every value printed is escaped (md_text): Markdown viewers render raw HTML,
+# links, images, emphasis and tables; the markup a report means is template text.
 _MD = jinja2.Environment(loader=jinja2.PackageLoader("robustkit.report", "templates"),
                          autoescape=False, undefined=jinja2.StrictUndefined,
-                         trim_blocks=True, lstrip_blocks=True,
-                         finalize=lambda v: html.escape(v, quote=False) if isinstance(v, str)
-                         else v)
+                         trim_blocks=True, lstrip_blocks=True, finalize=md_finalize)
 
 
 def slug(*parts: Any) -> str:
-    """A safe, unique file name for a figure named by user strings."""
+    """A safe, unique file name for a figure named by user strings: ASCII letters, digits,
+    ``.`` and ``-`` only (nothing Markdown or HTML would read), plus a hash of the parts."""
     text = "-".join(str(p) for p in parts)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:60]
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip(".-")[:60]
     return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:6]}.png"
 
 
 def md_cell(value: Any) -> str:
-    """A Markdown table cell: pipes and newlines would break the table."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-_MD.filters["cell"] = md_cell
+    """``value`` as Markdown text, safe in a table cell (:func:`~robustkit.report.text.md_text`:
+    pipes, newlines and every other Markdown construct escaped)."""
+    return md_text(value)
 
 
 def render(run_dir: str | Path) -> Path:
@@ -60,10 +72,13 @@ def render(run_dir: str | Path) -> Path:
     """
     root = Path(run_dir)
     loaded = load(root)
-    context = Report(root, loaded).context()
-    html = _HTML.get_template("index.html.j2").render(**context)
+    check_writable_dir(root / "figures", "report folder")
+    with structure_errors(f"{loaded['path']} and the arrays of its units",
+                          (jinja2.UndefinedError,)):
+        context = Report(root, loaded).context()
+        html = _HTML.get_template("index.html.j2").render(**context)
+        md = _MD.get_template("README.md.j2").render(**context)
     write_atomic(root / "index.html", html.encode())
-    md = _MD.get_template("README.md.j2").render(**context)
     write_atomic(root / "README.md", md.encode())
     return root / "index.html"
 
@@ -77,8 +92,13 @@ class Report:
         self.records = self.results["records"]
         self.manifest = loaded["manifest"]
         self.config_text = loaded["config"]
+        self.config_data = loaded["config_data"]
+        self.config_path = loaded["config_path"]
         self.store = Store(root)
         self.fig_dir = root / "figures"
+        # The config copy's parts the report shows, checked before any figure is drawn.
+        self.description = self._description()
+        self.published = self._references()
 
     def figure(self, name: str, draw) -> str:
         """Draw a figure into ``figures/name`` (closing it) and return its relative path."""
@@ -86,13 +106,52 @@ class Report:
         draw(path)
         return f"figures/{name}"
 
+    def arrays(self, record: dict[str, Any], needed: Sequence[str], required: bool = True
+               ) -> dict[str, np.ndarray]:
+        """The arrays stored with ``record``'s unit, each of ``needed`` present.
+
+        When the record carries the arrays' checksum (``arrays_sha256``, written by the
+        Store), the file must match it: a truncated or changed file is caught even when it
+        still opens. A missing (unless not ``required``: then ``{}``), damaged or
+        incomplete file is one error naming it.
+        """
+        key = record["key"]
+        path = self.store.units / f"{key}.npz"
+        rerun = "rerun `robustkit run` to recompute it"
+        if not path.is_file():
+            if not required:
+                return {}
+            raise RobustkitError(f"arrays file {path} of unit {key} is missing; {rerun}")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise RobustkitError(f"arrays file {path} of unit {key} cannot be read: "
+                                 f"{err.strerror or type(err).__name__}") from None
+        checksum = record.get("arrays_sha256")
+        if checksum is not None and sha256(data) != checksum:
+            raise RobustkitError(f"arrays file {path} of unit {key} is damaged: it does not "
+                                 f"match the checksum in results.json (truncated or changed?); "
+                                 f"{rerun}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            raise RobustkitError(f"arrays file {path} of unit {key} is damaged: it cannot be "
+                                 f"opened ({err}); {rerun}") from None
+        missing = [k for k in needed if k not in arrays]
+        if missing:
+            raise RobustkitError(f"arrays file {path} of unit {key} lacks "
+                                 f"{', '.join(missing)} (damaged or from another version?); "
+                                 f"{rerun}")
+        return arrays
+
     def context(self) -> dict[str, Any]:
         return {
             "title": self.results.get("experiment", self.root.name),
             "dataset": self.results.get("dataset", ""),
             "seeds": self.results.get("seeds", []),
-            "manifest": self.manifest, "config_text": self.config_text,
-            "description": _description(self.config_text),
+            "manifest": self.manifest, "provenance": _provenance(self.manifest),
+            "config_text": self.config_text, "description": self.description,
             "models": self.models(), "robustness": self.robustness(),
             "imperceptibility": self.imperceptibility(), "transfer": self.transfer(),
             "explanations": self.explanations(), "validity": self.validity(),
@@ -113,7 +172,7 @@ class Report:
                          "training": first.get("training") or {}})
             histories = [r["history"] for r in recs if r.get("history")]
             if histories:
-                epochs = {}
+                epochs: dict[Any, list[dict]] = {}
                 for h in histories:
                     for e in h:
                         epochs.setdefault(e["epoch"], []).append(e)
@@ -171,7 +230,8 @@ class Report:
         for r in of_kind(self.records, "examples"):
             if r["seed"] != self.results["seeds"][0]:
                 continue
-            a = self.store.arrays(r["key"])
+            a = self.arrays(r, ("x", "x_adv", "y", "clean_pred", "clean_conf", "adv_pred",
+                                "adv_conf"))
             labels = [f"label {y}: {p} ({100 * c:.0f}%)" for y, p, c in
                       zip(a["y"], a["clean_pred"], a["clean_conf"])]
             adv = [f"predicted {p} ({100 * c:.0f}%)" for p, c in zip(a["adv_pred"], a["adv_conf"])]
@@ -201,7 +261,9 @@ class Report:
                 t = r["target"]
                 entry["column"] = [{"source": i, "median": fmt(row[t], percent=False, digits=3)}
                                    for i, row in enumerate(r["median"]) if i != t]
-                a = self.store.arrays(r["key"])
+                # Runs recorded before the "every digit into a target" grid have no arrays.
+                a = self.arrays(r, ("x", "x_adv", "y", "adv_pred", "adv_conf", "norm"),
+                                required=False)
                 if a:
                     labels = [f"a {y}" for y in a["y"]]
                     adv = [f"{p} ({100 * c:.0f}%)\n{r['norm']} {n:.2f}"
@@ -261,7 +323,7 @@ class Report:
         eps = max(row["eps"] for r in recs for row in r["rows"])
         for target in recs[0]["rows"][0]["success"]:
             for arch in sorted({arch_of[r["source"]] for r in recs}):
-                points = {}
+                points: dict[Any, list[float]] = {}
                 for r in recs:
                     if arch_of[r["source"]] != arch or r["source"] == target:
                         continue
@@ -288,7 +350,7 @@ class Report:
         first: dict[str, dict[str, dict]] = {}  # {method: {model: first seed's arrays}}
         for (name,), mrecs in by(recs, "model").items():
             maps = {}
-            arrays = None
+            arrays: dict[str, np.ndarray] = {}
             for r in mrecs:
                 if r.get("skipped"):
                     if r["seed"] == first_seed:
@@ -296,7 +358,7 @@ class Report:
                                         "reason": r["skipped"]})
                     continue
                 if r["seed"] == first_seed:
-                    arrays = self.store.arrays(r["key"])
+                    arrays = self.arrays(r, ("x", "x_adv", "y", "clean", "adv"))
                     maps[r["method"]] = (arrays["clean"], arrays["adv"])
                     first.setdefault(r["method"], {})[name] = arrays
             if maps:
@@ -384,19 +446,34 @@ class Report:
                             for c in r["checks"]]})
         return out
 
-    def references(self) -> list[dict[str, Any]]:
-        from robustkit.config import from_dict, tomllib
-        from robustkit.experiment.config import Reference
+    def _description(self) -> str:
+        """The config's ``description`` ("" when none)."""
+        text = self.config_data.get("description", "")
+        if not isinstance(text, str):
+            raise RobustkitError(f"config copy {self.config_path}: description must be a "
+                                 f"string, got {text!r:.60}")
+        return text
 
-        if not self.config_text:
-            return []
-        raw = tomllib.loads(self.config_text).get("references", [])
+    def _references(self) -> list[Reference]:
+        """The config's published figures; a malformed one is an error naming the file."""
+        raw = self.config_data.get("references", [])
+        if not isinstance(raw, list):
+            raise RobustkitError(f"config copy {self.config_path}: references must be a list "
+                                 "of tables ([[references]])")
+        try:
+            return [from_dict(Reference, item, f"references[{i}]") for i, item in enumerate(raw)]
+        except RobustkitError as err:
+            raise RobustkitError(f"config copy {self.config_path}: {err}") from None
+
+    def references(self) -> list[dict[str, Any]]:
         out = []
-        for i, item in enumerate(raw):
-            ref = from_dict(Reference, item, f"references[{i}]")
+        for i, ref in enumerate(self.published):
             ours = [r.get(ref.metric) for r in of_kind(self.records, "attack")
                     if r["model"] == ref.model and r["attack"] == ref.attack
                     and (ref.eps is None or math.isclose(r["eps"], ref.eps))]
+            if not all(v is None or _is_number(v) for v in ours):
+                raise RobustkitError(f"config copy {self.config_path}: references[{i}].metric "
+                                     f"{ref.metric!r} is not a number in the attack records")
             m, s = mean_std(ours)
             out.append({"claim": ref.claim, "source": ref.source, "published": fmt(ref.value),
                         "ours": fmt(m, s), "difference": fmt(m - ref.value)
@@ -419,14 +496,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
 
 
-def _options_text(options: dict[str, Any]) -> str:
+def _options_text(options: Any) -> str:
+    if not isinstance(options, dict):
+        return str(options)
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
-def _description(config_text: str) -> str:
-    from robustkit.config import tomllib
-
-    try:
-        return tomllib.loads(config_text).get("description", "") if config_text else ""
-    except tomllib.TOMLDecodeError:
-        return ""
+def _provenance(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """What the report's header says produced the run ("?" where the manifest is silent)."""
+    if not manifest:
+        return None
+    versions = manifest.get("versions")
+    versions = versions if isinstance(versions, dict) else {}
+    return {"robustkit": str(versions.get("robustkit", "?")),
+            "torch": str(versions.get("torch", "?")),
+            "commit": str(manifest.get("git_commit") or "unknown"),
+            "device": str(manifest.get("device", "?"))}
