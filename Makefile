@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ demo: $(STAMP)
 	$(BIN)/robustkit run experiments/quickstart.toml
 
 test: $(STAMP)
+	$(BIN)/ruff check robustkit tests benchmarks experiments
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check robustkit tests benchmarks experiments
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_targets.py

@@ -33,7 +33,7 @@ def parse_kv(text: str) -> dict:
     out, depth, cur = {}, 0, ""
     parts = []
     for ch in text:
-        depth += ch in "[(" 
+        depth += ch in "[("
         depth -= ch in "])"
         if ch == "," and depth == 0:
             parts.append(cur)

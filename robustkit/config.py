@@ -65,11 +65,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
         _check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
-        _check(self.lr > 0, "lr", f"learning rate must be positive, got {self.lr}")
+        _check(math.isfinite(self.lr) and self.lr > 0, "lr",
+               f"learning rate must be positive and finite, got {self.lr}")
         _check(self.loss in LOSSES, "loss", f"must be one of {LOSSES}, got {self.loss!r}")
         _check(self.optimizer in OPTIMIZERS, "optimizer",
                f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+               f"must be finite and >= 0, got {self.weight_decay}")
         _check(0 <= self.label_smoothing < 1, "label_smoothing",
                f"must be in [0, 1), got {self.label_smoothing}")
         _check(self.augment in AUGMENTS, "augment",
@@ -189,6 +191,32 @@ class AdversarialConfig:
         return 2.5 * self.eps / self.attack_steps
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A published figure an experiment's report sets beside ours.
+
+    Attributes:
+        claim: what it measures, in words.
+        value: the published number (a fraction for rates, as ours are stored).
+        source: the paper and where in it.
+        model, attack, eps, metric: which of our records to compare with (metric is a
+            field of an attack record, e.g. ``error_rate`` or ``mean_confidence``).
+    """
+
+    claim: str
+    value: float
+    source: str
+    model: str = ""
+    attack: str = ""
+    eps: float | None = None
+    metric: str = ""
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.value), "value", f"must be finite, got {self.value}")
+        _check(self.eps is None or (math.isfinite(self.eps) and self.eps >= 0), "eps",
+               f"must be a finite radius >= 0, got {self.eps}")
+
+
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise RobustkitError(f"{field}: {message}")
@@ -203,19 +231,21 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     if not isinstance(data, dict):
         raise RobustkitError(f"{where}: expected a table, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls)) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise RobustkitError(
             f"{where}.{unknown[0]}: unknown key; valid keys: {', '.join(sorted(fields))}"
         )
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RobustkitError(f"{where}.{missing[0]}: required, but missing")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except RobustkitError as err:
         raise RobustkitError(f"{where}.{err}") from None
-    except TypeError as err:  # a required field is missing
-        raise RobustkitError(f"{where}: {err}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -233,7 +263,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except RobustkitError as err:
                 errors.append(str(err))
         raise RobustkitError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -267,3 +297,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise RobustkitError(f"config {p} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise RobustkitError(f"config {p} is not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise RobustkitError(f"config {p} is not text (not UTF-8): is it a TOML file?") from None
+    except IsADirectoryError:
+        raise RobustkitError(f"config {p} is a folder, not a TOML file") from None
+    except OSError as err:
+        raise RobustkitError(f"config {p} cannot be read: {err.strerror or err}") from None

@@ -85,8 +85,21 @@ def test_invalid_values_name_the_field_with_its_path():
         from_dict(ExperimentConfig, {"name": "x", "train": {"lr": -0.1}})
 
 
+@pytest.mark.parametrize("data,match", [
+    ({"lr": float("inf")}, r"^train\.lr: learning rate must be positive and finite, got inf"),
+    ({"lr": float("nan")}, r"^train\.lr: learning rate must be positive and finite"),
+    ({"weight_decay": float("inf")}, r"^train\.weight_decay: must be finite and >= 0"),
+    ({"weight_decay": float("nan")}, r"^train\.weight_decay: must be finite and >= 0"),
+    ({"label_smoothing": float("nan")}, r"^train\.label_smoothing: must be in \[0, 1\)"),
+    ({"batch_size": 0}, r"^train\.batch_size: must be positive"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(data, match):
+    with pytest.raises(RobustkitError, match=match):
+        from_dict(TrainConfig, data)
+
+
 def test_missing_required_field_and_non_table():
-    with pytest.raises(RobustkitError, match=r"^experiment: .*name"):
+    with pytest.raises(RobustkitError, match=r"^experiment\.name: required, but missing"):
         from_dict(ExperimentConfig, {})
     with pytest.raises(RobustkitError, match=r"^train: expected a table, got list"):
         from_dict(TrainConfig, [1, 2])

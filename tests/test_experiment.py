@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 
 from robustkit.errors import RobustkitError
 from robustkit.experiment import Store, load_experiment, run
-from robustkit.experiment.store import key
+from robustkit.store import key
 
 TINY = """
 name = "tiny"
@@ -93,8 +94,9 @@ def test_store_writes_atomically_and_encodes_names(tmp_path):
 
 
 def _comparable(path: Path) -> list[dict]:
-    """The records without what legitimately differs between runs (timings, paths)."""
-    drop = {"seconds", "train_seconds", "checkpoint"}
+    """The records without what legitimately differs between runs (timings, paths, and the
+    commit, which moves when a commit lands while the suite runs)."""
+    drop = {"seconds", "train_seconds", "checkpoint", "computed_by"}
     records = json.loads(path.read_text())["records"]
     for r in records:
         for k in drop:
@@ -123,35 +125,42 @@ def test_a_run_writes_results_manifest_and_config(uninterrupted):
     assert kinds.count("model") == 4 and kinds.count("attack") == 16
     assert kinds.count("examples") == 4 and kinds.count("transfer") == 4
     assert kinds.count("validity") == 4
+    from robustkit.core import sha256, versions
+
     for r in results["records"]:
         if r["kind"] == "attack":
             assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1
+        # Each record names the version and commit that computed it, and the checksum of
+        # its arrays (None when it has none).
+        assert r["computed_by"] == {k: versions()[k] for k in ("robustkit", "git_commit")}
+        npz = uninterrupted / "units" / f"{r['key']}.npz"
+        assert r["arrays_sha256"] == (sha256(npz.read_bytes()) if npz.exists() else None)
+        assert (r["arrays_sha256"] is not None) == (r["kind"] == "examples")
     manifest = json.loads((uninterrupted / "manifest.json").read_text())
     assert manifest["seeds"] == [0, 1] and manifest["versions"]["torch"]
     assert (uninterrupted / "config.toml").read_text() == TINY
 
 
-def test_a_rerun_skips_finished_units(uninterrupted, monkeypatch):
+def forbid_computing(monkeypatch):
+    """Make every kind of unit fail if it is computed."""
     from robustkit.experiment import units
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished unit was computed again")
 
-    for name in ("train", "attack", "examples", "transfer", "validity"):
-        monkeypatch.setattr(units, name, fail)
+    for name, kind in list(units.UNITS.items()):
+        monkeypatch.setitem(units.UNITS, name, dataclasses.replace(kind, compute=fail))
+
+
+def test_a_rerun_skips_finished_units(uninterrupted, monkeypatch):
+    forbid_computing(monkeypatch)
     before = _comparable(uninterrupted / "results.json")
     run(uninterrupted / "config.toml", uninterrupted, progress=False, render=False)
     assert _comparable(uninterrupted / "results.json") == before
 
 
 def test_new_prose_reuses_every_unit(uninterrupted, tmp_path, monkeypatch):
-    from robustkit.experiment import units
-
-    def fail(*args, **kwargs):
-        raise AssertionError("a finished unit was computed again")
-
-    for name in ("train", "attack", "examples", "transfer", "validity"):
-        monkeypatch.setattr(units, name, fail)
+    forbid_computing(monkeypatch)
     reworded = write(tmp_path, 'description = "new words"\n' + TINY)
     run(reworded, uninterrupted, progress=False, render=False)
     assert "new words" in (uninterrupted / "config.toml").read_text()
@@ -164,36 +173,53 @@ def test_another_config_in_the_same_folder_is_refused(uninterrupted, tmp_path):
         run(other, uninterrupted, progress=False, render=False)
 
 
-def test_sigkill_at_any_moment_then_resume_gives_the_same_results(uninterrupted, tmp_path,
-                                                                 subprocess_env):
-    """Kill the run with SIGKILL at several moments, restart it each time, and compare."""
+def unit_records(out: Path) -> int:
+    """How many unit records the run folder holds (each is written when its unit ends)."""
+    units = out / "units"
+    return sum(1 for p in units.rglob("*.json") if not p.name.startswith(".")) \
+        if units.is_dir() else 0
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, safety_net: float = 300.0) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled on the file system). The run
+    must still be going then; the time limit only keeps a broken run from hanging the
+    suite, it never decides when to kill."""
+    deadline = time.monotonic() + safety_net
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} after {safety_net:.0f} s")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkill_after_the_kth_unit_then_resume_gives_the_same_results(uninterrupted, tmp_path,
+                                                                      subprocess_env):
+    """Kill the run with SIGKILL just after its 2nd, 9th and 21st unit records appear (in
+    training, in the attacks, in transfer), restart it each time, and compare the end
+    with a run that was never interrupted."""
     cfg = write(tmp_path, TINY)
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "robustkit", "run", str(cfg), "--out", str(out), "--quiet"]
     env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
-    kills = 0
-    for delay in (2.5, 3.5, 4.5, 5.5, 6.5):
+    for k in (2, 9, 21):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-    assert kills >= 2, "the run finished before it could be killed twice: make it longer"
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        kill_when(proc, lambda: unit_records(out) >= k, f"the {k}th unit record")
+        assert unit_records(out) < 32, "the run finished before it was killed"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "report:" in done.stdout
     assert _comparable(out / "results.json") == _comparable(uninterrupted / "results.json")
     assert not list(out.rglob(".*.tmp"))  # no half-written file survives
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["units_reused"] >= 21  # the killed runs' units were kept
 
 
-def test_a_run_killed_during_training_goes_on_from_the_last_epoch(tmp_path, monkeypatch):
-    """Training is the longest unit: a run interrupted inside it resumes from the training
-    state of the last finished epoch (robustkit.snapshot), to the same results."""
-    from robustkit import snapshot
-
-    text = """
+RESUMABLE = """
 name = "resumable"
 seeds = [0]
 n_test = 40
@@ -209,6 +235,35 @@ train_size = 300
 attack = "fgsm"
 eps = [0.1]
 """
+
+
+def test_sigkill_during_training_then_resume_gives_the_same_results(tmp_path, subprocess_env):
+    """Kill the run with SIGKILL as soon as its model's first training snapshot
+    (``models/small-s0.pt.resume``) appears, rerun it, and compare with a whole run."""
+    # Long enough (about a second after the first snapshot) for the kill to land in it.
+    text = RESUMABLE.replace("epochs = 3", "epochs = 60").replace("300", "1000")
+    cfg = write(tmp_path, text)
+    run(cfg, tmp_path / "whole", progress=False, render=False)
+    out = tmp_path / "cut"
+    argv = [sys.executable, "-m", "robustkit", "run", str(cfg), "--out", str(out), "--quiet"]
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    snapshot = out / "models" / "small-s0.pt.resume"
+    kill_when(proc, snapshot.exists, "training snapshot")
+    assert snapshot.exists() and not (out / "models" / "small-s0.pt").exists(), \
+        "the kill did not land during training"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not snapshot.exists()
+    assert _comparable(out / "results.json") == _comparable(tmp_path / "whole" / "results.json")
+
+
+def test_a_run_killed_during_training_goes_on_from_the_last_epoch(tmp_path, monkeypatch):
+    """Training is the longest unit: a run interrupted inside it resumes from the training
+    state of the last finished epoch (robustkit.snapshot), to the same results."""
+    from robustkit import snapshot
+
+    text = RESUMABLE
     monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
     cfg = write(tmp_path, text)
     run(cfg, tmp_path / "whole", progress=False, render=False)

@@ -189,10 +189,10 @@ CASES = {
     "dict output in transfer": (lambda e: transfer.transfer_matrix(
         {"a": e["m"]}, {"b": DictOut(e["m"])}, e["x"], e["y"], eps=0.1, progress=False),
         "error", "returned a dict"),
-    "probabilities": (lambda e: attacks.deepfool(Softmaxed(e["m"]), e["x"], e["y"], steps=2),
+    "probabilities": (lambda e: attacks.deepfool(Softmaxed(e["m"]).eval(), e["x"], e["y"], steps=2),
                       "warn", "look like probabilities"),
     "probabilities in robust_accuracy": (lambda e: evaluate.robust_accuracy(
-        Softmaxed(e["m"]), e["x"], e["y"], "fgsm", eps=0.1, progress=False),
+        Softmaxed(e["m"]).eval(), e["x"], e["y"], "fgsm", eps=0.1, progress=False),
         "warn", "look like probabilities"),
     "NaN weights (repro 3)": (lambda e: evaluate.robust_accuracy(
         e["nan"], e["x"], e["y"], "pgd", eps=0.1, steps=2, progress=False),

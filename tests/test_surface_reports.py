@@ -24,7 +24,7 @@ import pytest
 import robustkit.core.io as core_io
 from robustkit.core import write_json
 from robustkit.errors import RobustkitError
-from robustkit.experiment.store import Store, key
+from robustkit.store import Store, key
 from robustkit.report import render
 from robustkit.report.compare import compare
 
@@ -540,4 +540,3 @@ def test_a_refused_render_changes_no_file(tmp_path):
     with pytest.raises(RobustkitError):
         render(root)
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
-

@@ -50,6 +50,7 @@ ATTACKS: Registry[Callable[..., Tensor]] = Registry("attack")
 #: Registered attacks that measure a distance: no eps, never labelled with one.
 DISTANCE = frozenset({"deepfool", "cw_l2", "minimal_targeted"})
 
+
 @dataclass(frozen=True)
 class AttackSpec:
     """An attack before any model: what it is and which options it takes.

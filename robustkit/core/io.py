@@ -114,21 +114,25 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
-    """Refuse, before any work, an output file path that cannot be written: a folder, a
-    path under a file, or a folder without write permission. Nothing is created."""
-    p = Path(path)
-    if p.is_dir():
-        raise RobustkitError(f"{what} {p} is a folder; give a file path")
-    parent = p.parent
-    for ancestor in [parent, *parent.parents]:
+def _check_ancestors(p: Path, start: Path, what: str) -> None:
+    """The nearest existing folder at or above ``start`` must be a writable folder."""
+    for ancestor in [start, *start.parents]:
         if ancestor.exists():
             if not ancestor.is_dir():
                 raise RobustkitError(f"{what} {p}: {ancestor} is a file, not a folder")
             if not os.access(ancestor, os.W_OK | os.X_OK):
                 raise RobustkitError(f"{what} {p}: cannot write in {ancestor} "
                                      "(permission denied)")
-            break
+            return
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, an output file path that cannot be written: a folder, a
+    path under a file, or a folder without write permission. Nothing is created."""
+    p = Path(path)
+    if p.is_dir():
+        raise RobustkitError(f"{what} {p} is a folder; give a file path")
+    _check_ancestors(p, p.parent, what)
     if p.exists() and not os.access(p, os.W_OK):
         raise RobustkitError(f"{what} {p} exists and cannot be overwritten (permission denied)")
     return p
@@ -140,12 +144,5 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise RobustkitError(f"{what} {p} is a file, not a folder")
-    for ancestor in [p, *p.parents]:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise RobustkitError(f"{what} {p}: {ancestor} is a file, not a folder")
-            if not os.access(ancestor, os.W_OK | os.X_OK):
-                raise RobustkitError(f"{what} {p}: cannot write in {ancestor} "
-                                     "(permission denied)")
-            break
+    _check_ancestors(p, p, what)
     return p

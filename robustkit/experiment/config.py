@@ -1,8 +1,18 @@
 """An experiment's TOML config, validated into dataclasses.
 
 Every section is optional except ``models``; a section that is absent is not run.
-Unknown keys and wrong types are refused with the field's dotted path
-(``experiment.attacks[1].eps[0]: expected a number``).
+:func:`load_experiment` checks the whole config before anything trains, and refuses a
+mistake with the field's dotted path (``experiment.attacks[1].options.steps: ...``):
+
+- unknown keys and wrong types;
+- numbers out of range: batch sizes, counts and steps > 0, radii finite and >= 0, seeds
+  integers in [0, 2**32), the ``[minimal]`` target a class of the dataset;
+- names that are not safe folder names (:func:`robustkit.core.check_name`: no ``.`` or
+  ``..``, ``/``, NUL or control characters, at most 100 bytes), or repeated;
+- unknown datasets, models, explanation methods, devices, and missing checkpoints;
+- every ``options`` table, against the signature of what it configures: attacks (and
+  their eps or eps grid) through :func:`robustkit.attacks.check_options`, models through
+  their factory, training through :class:`~robustkit.config.TrainConfig`.
 
 Example (``experiments/quickstart.toml``, shortened)::
 
@@ -27,12 +37,63 @@ Example (``experiments/quickstart.toml``, shortened)::
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustkit.config import AdversarialConfig, TrainConfig, from_dict, load_toml
+from robustkit import models
+from robustkit.adversarial import adversarial_training
+from robustkit.config import (NORMS, AdversarialConfig, Reference, TrainConfig, from_dict,
+                              load_toml)
+from robustkit.core import check_name
 from robustkit.errors import RobustkitError
+from robustkit.experiment import checks
+from robustkit.store import MAX_PART_BYTES, part
+
+#: Seeds are integers in [0, MAX_SEED).
+MAX_SEED = 2**32
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise RobustkitError(f"{field_name}: {message}")
+
+
+def _positive(value: int, field_name: str) -> None:
+    _require(value > 0, field_name, f"must be positive, got {value}")
+
+
+def _radius(value: float, field_name: str, strict: bool = False) -> None:
+    ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
+    _require(ok, field_name, f"must be a finite radius {'> 0' if strict else '>= 0'}, "
+             f"got {value}")
+
+
+def _radii(values: Sequence[float], field_name: str) -> None:
+    """A non-empty list of radii, each finite and >= 0, each its own unit key."""
+    _require(len(values) > 0, field_name, "must hold at least one radius")
+    for i, e in enumerate(values):
+        _radius(e, f"{field_name}[{i}]")
+    labels = [f"{e:g}" for e in values]  # as the unit keys name them
+    dup = sorted({label for label in labels if labels.count(label) > 1})
+    _require(not dup, field_name, f"radii repeat (or agree to 6 digits, as the results name "
+             f"them): {', '.join(dup)}")
+
+
+def _distinct(values: Sequence[Any], field_name: str) -> None:
+    dup = sorted({str(v) for v in values if list(values).count(v) > 1})
+    _require(not dup, field_name, f"must not repeat, repeated: {', '.join(dup)}")
+
+
+def _safe_name(name: str, field_name: str) -> None:
+    """A safe folder name whose %-encoded form fits in a file name."""
+    check_name(name, field_name)
+    size = len(part(name).encode())
+    _require(size <= MAX_PART_BYTES, field_name,
+             f"{name[:20]!r}... takes {size} bytes as a file name (%-encoded); at most "
+             f"{MAX_PART_BYTES}: use a shorter name")
 
 
 @dataclass(frozen=True)
@@ -40,10 +101,11 @@ class ModelEntry:
     """A model of the run: trained by the run (``arch``) or read from ``checkpoint``.
 
     Attributes:
-        name: the model's name in the results and the report (unique).
+        name: the model's name in the results and the report (unique, a safe folder name).
         arch: a registered model name; default ``name``.
         checkpoint: an existing checkpoint to use instead of training (then ``seeds``
-            does not apply: the checkpoint is the same for every seed).
+            does not apply: the checkpoint is the same for every seed, and ``options``,
+            ``train``, ``adversarial`` and ``train_size`` must be left out).
         train_size: train on a stratified, seeded subset of this many examples.
         options: the architecture's options (``hidden``, ``activation``, ...).
         train: overrides of the architecture's default :class:`TrainConfig`.
@@ -62,9 +124,13 @@ class ModelEntry:
     adversarial: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name.strip()), "name", f"must be a non-empty name, got {self.name!r}")
+        _safe_name(self.name, "name")
         _require(self.train_size is None or self.train_size > 0, "train_size",
                  f"must be positive, got {self.train_size}")
+        if self.checkpoint is not None:
+            for key in ("arch", "options", "train", "adversarial", "train_size"):
+                _require(not getattr(self, key), key,
+                         "does not apply to a model read from a checkpoint; remove it")
 
     @property
     def architecture(self) -> str:
@@ -76,8 +142,10 @@ class AttackEntry:
     """One attack, run on every listed model at every eps (one unit per eps).
 
     Attributes:
-        attack: a registered attack name (``fgsm``, ``pgd``, ``mifgsm`` ...).
-        eps: the radii.
+        attack: a registered attack name (``fgsm``, ``pgd``, ``mifgsm`` ...) or
+            ``"package.module:function"`` (``function(model, x, y, *, eps, ...)``). Attacks
+            that measure a distance (``deepfool``, ``cw_l2``) have no eps and are refused.
+        eps: the radii (finite, >= 0).
         name: its name in the results; default ``attack``.
         options: the attack's keyword options (``steps``, ``norm``, ``alpha`` ...).
         models: the models to attack; default all.
@@ -90,8 +158,9 @@ class AttackEntry:
     models: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(len(self.eps) > 0 and all(e >= 0 for e in self.eps), "eps",
-                 f"must hold at least one radius >= 0, got {self.eps}")
+        _radii(self.eps, "eps")
+        _safe_name(self.label, "name" if self.name else "attack")
+        _distinct(self.models, "models")
 
     @property
     def label(self) -> str:
@@ -111,8 +180,9 @@ class TransferSection:
     def __post_init__(self) -> None:
         _require(len(self.sources) > 0, "sources", "must name at least one model")
         _require(len(self.targets) > 0, "targets", "must name at least one model")
-        _require(len(self.eps) > 0 and all(e >= 0 for e in self.eps), "eps",
-                 f"must hold at least one radius >= 0, got {self.eps}")
+        _distinct(self.sources, "sources")
+        _distinct(self.targets, "targets")
+        _radii(self.eps, "eps")
 
 
 @dataclass(frozen=True)
@@ -126,8 +196,9 @@ class ExamplesSection:
     models: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.n > 0, "n", f"must be positive, got {self.n}")
-        _require(self.eps >= 0, "eps", f"must be >= 0, got {self.eps}")
+        _positive(self.n, "n")
+        _radius(self.eps, "eps")
+        _distinct(self.models, "models")
 
 
 @dataclass(frozen=True)
@@ -138,7 +209,8 @@ class MinimalSection:
         n: test images (class-balanced).
         norms: ``l2`` and/or ``linf``.
         steps: gradient steps per search.
-        target: only this target class ("turn every digit into a 3"); default every class.
+        target: only this target class ("turn every digit into a 3"), in
+            [0, number of classes); default every class.
         models: default all.
     """
 
@@ -149,9 +221,14 @@ class MinimalSection:
     models: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.n > 0, "n", f"must be positive, got {self.n}")
-        _require(all(n in ("l2", "linf") for n in self.norms) and self.norms, "norms",
+        _positive(self.n, "n")
+        _positive(self.steps, "steps")
+        _require(all(n in NORMS for n in self.norms) and bool(self.norms), "norms",
                  f"must be l2 and/or linf, got {self.norms}")
+        _distinct(self.norms, "norms")
+        _require(self.target is None or self.target >= 0, "target",
+                 f"must be a class >= 0, got {self.target}")
+        _distinct(self.models, "models")
 
 
 @dataclass(frozen=True)
@@ -170,12 +247,16 @@ class ExplainSection:
 
     def __post_init__(self) -> None:
         _require(len(self.methods) > 0, "methods", "must name at least one method")
-        _require(self.n > 0, "n", f"must be positive, got {self.n}")
+        _distinct(self.methods, "methods")
+        _distinct(self.sanity_methods, "sanity_methods")
+        _positive(self.n, "n")
+        _radius(self.eps, "eps")
+        _distinct(self.models, "models")
 
 
 @dataclass(frozen=True)
 class ValiditySection:
-    """Carlini et al. 2019's checks on each listed model."""
+    """Carlini et al. 2019's checks on each listed model (eps > 0: at 0 they test nothing)."""
 
     eps: float = 0.3
     steps: int = 20
@@ -183,26 +264,13 @@ class ValiditySection:
     n: int = 200
     models: list[str] = field(default_factory=list)
 
-
-@dataclass(frozen=True)
-class Reference:
-    """A published figure the report sets beside ours.
-
-    Attributes:
-        claim: what it measures, in words.
-        value: the published number (a fraction for rates, as ours are stored).
-        source: the paper and where in it.
-        model, attack, eps, metric: which of our records to compare with (metric is a
-            field of an attack record, e.g. ``error_rate`` or ``mean_confidence``).
-    """
-
-    claim: str
-    value: float
-    source: str
-    model: str = ""
-    attack: str = ""
-    eps: float | None = None
-    metric: str = ""
+    def __post_init__(self) -> None:
+        _radius(self.eps, "eps", strict=True)
+        _positive(self.steps, "steps")
+        _require(self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}, "
+                 f"got {self.norm!r}")
+        _positive(self.n, "n")
+        _distinct(self.models, "models")
 
 
 @dataclass(frozen=True)
@@ -226,12 +294,15 @@ class ExperimentConfig:
     references: list[Reference] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "name",
-                 f"must be a non-empty name without '/', got {self.name!r}")
+        _safe_name(self.name, "name")
         _require(len(self.models) > 0, "models", "must list at least one model")
-        _require(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds), "seeds",
-                 f"must be distinct and at least one, got {self.seeds}")
-        _require(self.n_test > 0, "n_test", f"must be positive, got {self.n_test}")
+        _require(len(self.seeds) > 0, "seeds", "must hold at least one seed")
+        for i, seed in enumerate(self.seeds):
+            _require(0 <= seed < MAX_SEED, f"seeds[{i}]",
+                     f"must be an integer in [0, 2**32), got {seed}")
+        _distinct(self.seeds, "seeds")
+        _positive(self.n_test, "n_test")
+        _positive(self.batch_size, "batch_size")
         names = [m.name for m in self.models]
         dup = sorted({n for n in names if names.count(n) > 1})
         _require(not dup, "models", f"names must be unique, repeated: {dup}")
@@ -242,8 +313,13 @@ class ExperimentConfig:
         labels = [a.label for a in self.attacks]
         _require(len(set(labels)) == len(labels), "attacks",
                  f"names must be unique (set `name` to tell them apart): {labels}")
+        for i, ref in enumerate(self.references):
+            _require(not ref.model or ref.model in names, f"references[{i}].model",
+                     f"unknown model {ref.model!r}; the run's models: {', '.join(names)}")
+            _require(not ref.attack or ref.attack in labels, f"references[{i}].attack",
+                     f"unknown attack {ref.attack!r}; the run's attacks: {', '.join(labels)}")
 
-    def _model_lists(self):
+    def _model_lists(self) -> Iterator[tuple[str, list[str]]]:
         for i, a in enumerate(self.attacks):
             yield f"attacks[{i}].models", a.models
         if self.transfer:
@@ -259,29 +335,64 @@ class ExperimentConfig:
         return list(listed) or [m.name for m in self.models]
 
 
-def _require(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise RobustkitError(f"{field_name}: {message}")
-
-
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment config; errors name the file and the field."""
+    """Read and check an experiment config, all of it, before anything trains.
+
+    Args:
+        path: the TOML file.
+
+    Returns:
+        The :class:`ExperimentConfig`.
+
+    Raises:
+        RobustkitError: the file is missing or not TOML, or a field is wrong; the message
+            names the file and the field's dotted path.
+
+    Example:
+        >>> load_experiment("experiments/quickstart.toml").name      # doctest: +SKIP
+        'quickstart'
+    """
     raw = load_toml(path)
     try:
         config = from_dict(ExperimentConfig, raw, "experiment")
-        for i, m in enumerate(config.models):  # the training overrides are a TrainConfig
-            train_config(m, where=f"experiment.models[{i}].train")
-            adversarial_config(m, where=f"experiment.models[{i}].adversarial")
+        validate(config)
     except RobustkitError as err:
         raise RobustkitError(f"{path}: {err}") from None
     return config
 
 
+def validate(cfg: ExperimentConfig) -> None:
+    """The checks that need robustkit's registries (the dataclasses check the rest)."""
+    ds = checks.dataset(cfg.dataset, "experiment.dataset")
+    checks.device(cfg.device, "experiment.device")
+    for i, m in enumerate(cfg.models):
+        where = f"experiment.models[{i}]"
+        if m.checkpoint is not None:
+            checks.checkpoint(m.checkpoint, ds, f"{where}.checkpoint")
+            continue
+        checks.model(m.architecture, m.options, ds, where)
+        train_config(m, where=f"{where}.train")
+        adversarial_config(m, where=f"{where}.adversarial")
+    for i, a in enumerate(cfg.attacks):
+        checks.attack_options(a.attack, a.options, f"experiment.attacks[{i}]", grid=True)
+    if cfg.transfer:
+        checks.attack_options(cfg.transfer.attack, cfg.transfer.options, "experiment.transfer",
+                              grid=True)
+    for name in ("examples", "explain"):
+        sec = getattr(cfg, name)
+        if sec is not None:
+            checks.attack_options(sec.attack, sec.options, f"experiment.{name}", eps=sec.eps)
+    if cfg.explain:
+        checks.methods(cfg.explain.methods, "experiment.explain.methods")
+        checks.methods(cfg.explain.sanity_methods, "experiment.explain.sanity_methods")
+    if cfg.minimal and cfg.minimal.target is not None:
+        _require(cfg.minimal.target < ds.num_classes, "experiment.minimal.target",
+                 f"must be a class of {ds.name}, in [0, {ds.num_classes}), "
+                 f"got {cfg.minimal.target}")
+
+
 def train_config(entry: ModelEntry, where: str = "train") -> TrainConfig:
     """The model's default training settings with the entry's overrides applied."""
-    from robustkit import models
-    from robustkit.adversarial import adversarial_training
-
     try:
         base = (adversarial_training(entry.architecture) if entry.adversarial
                 else models.default_training(entry.architecture))

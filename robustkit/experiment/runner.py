@@ -1,38 +1,46 @@
 """``robustkit run experiments/NAME.toml``: a resumable run that writes ``reports/NAME/``.
 
-The run is a list of units (see :mod:`robustkit.experiment.store`), planned up front and
-done in order; each is stored when it finishes and skipped when a rerun finds it, so a run
-killed at any moment and started again ends with the same results as one that never
-stopped. Every unit seeds itself from the run's seed, so its result does not depend on
-what ran before it in the same process.
+The whole config is checked when it is loaded, before anything trains. The run is then a
+list of units (see :mod:`robustkit.experiment.units`), planned up front and done in order;
+each is stored when it finishes and skipped when a rerun finds it whole and computed by
+this version, so a run killed at any moment and started again ends with the same results
+as one that never stopped. Every unit seeds itself from the run's seed, so its result does
+not depend on what ran before it in the same process.
 
-Output: ``units/`` (records and arrays), ``models/`` (checkpoints), ``config.toml`` (a
-copy), ``results.json`` (tidy records), ``manifest.json`` (versions, git commit, device,
-seeds, timings) and the report (``index.html``, ``README.md``, ``figures/``).
+The run holds the folder's lock from start to end, and writes only robustkit's own names
+there (see :mod:`robustkit.experiment.folder`): ``units/`` (records and arrays),
+``models/`` (checkpoints), ``config.toml`` (a copy), ``results.json`` (tidy records),
+``manifest.json`` (versions, git commit, device, seeds, timings) and the report
+(``index.html``, ``README.md``, ``figures/``). A folder that holds one of these names that
+robustkit did not write is refused, and ``fresh`` deletes only what robustkit wrote.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import inspect
 import platform
 import time
-from urllib.parse import quote, unquote
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import torch
 from tqdm.auto import tqdm
 
-from robustkit import data, models
+from robustkit.config import tomllib
+from robustkit.core import (check_name, git_commit, pick_device, read_json, sha256, versions,
+                            write_atomic, write_json)
 from robustkit.errors import RobustkitError
-from robustkit.experiment import units
 from robustkit.experiment.config import ExperimentConfig, load_experiment
-from robustkit.experiment.store import Store, key, write_atomic, write_json
+from robustkit.experiment.context import Context
+from robustkit.experiment.folder import FOLDERS, RunFolder
+from robustkit.store import Store
+from robustkit.experiment.units import UNITS, Result
+from robustkit.report import render as render_report
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Unit:
     """A planned piece of work: its key and the function that computes it."""
 
     key: str
-    compute: Callable[[], tuple[dict[str, Any], dict[str, Any] | None]]
+    compute: Callable[[], Result]
 
 
 def run(config: str | Path, out: str | Path | None = None, *, progress: bool = True,
@@ -48,28 +56,73 @@ def run(config: str | Path, out: str | Path | None = None, *, progress: bool = T
     """Run (or resume) the experiment in ``config`` and write its report.
 
     Args:
-        config: path of the TOML config.
-        out: the run folder; default ``reports/<name>``.
+        config: path of the TOML config; checked whole before anything trains.
+        out: the run folder (used as given); default ``reports/<name>``.
         progress: show a progress bar over the units.
-        fresh: delete an earlier run's state in ``out`` first.
+        fresh: delete what robustkit wrote in ``out`` first (nothing else).
         render: write the report at the end.
 
     Returns:
         The run folder.
 
+    Raises:
+        RobustkitError: a mistake in the config; another run holds the folder (the
+            message names its pid); the folder holds a name robustkit needs that it did
+            not write.
+
     Example:
         >>> run("experiments/quickstart.toml")     # doctest: +SKIP
         PosixPath('reports/quickstart')
     """
-    text = Path(config).read_text() if Path(config).exists() else None
     cfg = load_experiment(config)
-    root = Path(out) if out is not None else Path("reports") / cfg.name
-    _claim(root, text, fresh)
-    store = Store(root)
-    plan = Planner(cfg, store, root).plan()
+    text = Path(config).read_text(encoding="utf-8")  # parsed already: it is UTF-8 TOML
+    root = (Path(out) if out is not None
+            else Path("reports") / check_name(cfg.name, "experiment.name"))
+    folder = RunFolder(root)
+    folder.check_layout()
+    _check_names(folder, render)  # before the lock, which writes a file there
+    with folder.locked():
+        if fresh:
+            folder.clean()
+        _claim(folder, text, render)
+        store = Store(root, on_write=folder.wrote)
+        plan = make_plan(cfg, Context(cfg, store, root))
+        timings = _compute(plan, store, cfg.name, progress)
+        folder.wrote("results.json")
+        write_json(root / "results.json", {
+            "experiment": cfg.name, "dataset": cfg.dataset, "seeds": cfg.seeds,
+            "records": [store.get(u.key) for u in plan]})
+        _write_manifest(folder, cfg, timings, len(plan) - len(timings))
+        if render:
+            _render(folder)
+    return root
+
+
+def make_plan(cfg: ExperimentConfig, ctx: Context) -> list[Unit]:
+    """Every unit of the run, in the order they run: each registered kind in turn (models
+    first), each unit with the context of its own config section."""
+    plan = [Unit(p.key, partial(kind.compute, ctx.of(p.section), *p.args))
+            for kind in UNITS.values() for p in kind.plan(cfg)]
+    dup = sorted(k for k, n in Counter(u.key for u in plan).items() if n > 1)
+    if dup:  # the config's checks make keys distinct; this guards a new kind of unit
+        raise RobustkitError(f"two units of the run share the key {unquote(dup[0])!r}")
+    return plan
+
+
+def _compute(plan: list[Unit], store: Store, desc: str, progress: bool) -> dict[str, float]:
+    """Compute every unit that is not stored whole by this version; a damaged unit, or one
+    of another version or commit, is computed again with a warning naming it."""
+    todo = []
+    for unit in plan:
+        problem = store.check(unit.key)
+        if problem is None:
+            continue
+        if store.exists(unit.key):
+            warnings.warn(f"unit {unquote(unit.key)} cannot be reused ({problem}); "
+                          "computing it again", stacklevel=3)
+        todo.append(unit)
     timings: dict[str, float] = {}
-    todo = [u for u in plan if not store.has(u.key)]
-    bar = tqdm(todo, disable=not progress, unit="unit", desc=cfg.name)
+    bar = tqdm(todo, disable=not progress, unit="unit", desc=desc)
     for unit in bar:
         bar.set_postfix_str(unquote(unit.key))
         start = time.perf_counter()
@@ -77,62 +130,73 @@ def run(config: str | Path, out: str | Path | None = None, *, progress: bool = T
         seconds = time.perf_counter() - start
         store.put(unit.key, {**record, "seconds": seconds}, arrays)
         timings[unit.key] = seconds
-    write_json(root / "results.json", {
-        "experiment": cfg.name, "dataset": cfg.dataset, "seeds": cfg.seeds,
-        "records": [store.get(u.key) for u in plan]})
-    _write_manifest(root, cfg, timings, len(plan) - len(todo))
-    if render:
-        from robustkit.report import render as render_report
-
-        render_report(root)
-    return root
+    return timings
 
 
-def _claim(root: Path, text: str | None, fresh: bool) -> None:
-    """Make ``root`` this config's run folder; refuse to mix two configs' units."""
-    import shutil
+def _check_names(folder: RunFolder, render: bool) -> None:
+    """Refuse a folder holding a name the run writes (``units/``, ``README.md`` ...) that
+    robustkit did not write there: the user's own files are never overwritten."""
+    legacy = [] if folder.ledger() else folder.legacy()  # a folder from before the list
+    names = ["units/", "models/", "config.toml", "results.json", "manifest.json"]
+    names += ["figures/", "index.html", "README.md"] if render else []
+    for name in names:
+        p = folder.root / name.rstrip("/")
+        if (p.exists() or p.is_symlink()) and not (folder.is_ours(name) or name in legacy):
+            raise RobustkitError(
+                f"{p} was not written by robustkit, and a run would write there; choose "
+                f"another --out (or move it)")
 
+
+def _claim(folder: RunFolder, text: str, render: bool) -> None:
+    """Make the folder this config's run folder: refuse a name robustkit needs that it did
+    not write, and a run of another version of the config; copy the config."""
+    root = folder.root
+    if not folder.ledger():  # a run folder from before the list of written paths
+        for rel in folder.legacy():
+            folder.wrote(rel)
+    _check_names(folder, render)
+    for name in FOLDERS[:2]:  # units/, models/
+        folder.make_folder(name)
     copy = root / "config.toml"
-    if fresh and root.exists():
-        for part in ("units", "models", "figures"):
-            shutil.rmtree(root / part, ignore_errors=True)
-        copy.unlink(missing_ok=True)
-    if copy.exists() and text is not None and _computed(copy.read_text()) != _computed(text):
+    if copy.exists() and _computed(copy) != _computed(text):
         raise RobustkitError(
             f"{root} holds a run of another version of this config; rerun with --fresh to "
             "start over, or choose another --out")
-    if text is not None and (not copy.exists() or copy.read_text() != text):
+    if not copy.exists() or copy.read_text(encoding="utf-8", errors="replace") != text:
         # New, or only the words the report shows changed (description, references).
+        folder.wrote("config.toml")
         write_atomic(copy, text.encode())
-    # A run killed while writing leaves its temporary file behind; the unit it belonged to
-    # has no record, so it runs again.
-    for stale in [*root.glob("units/**/.*.tmp"), *root.glob("models/.*.tmp")]:
-        stale.unlink(missing_ok=True)
+    # A run killed while writing leaves its temporary files behind; the unit they belonged
+    # to has no record, so it runs again.
+    folder.remove_stale()
 
 
-def _computed(text: str) -> dict:
+def _computed(source: str | Path) -> dict[str, Any]:
     """The parts of a config that decide what is computed (not the report's prose)."""
-    from robustkit.config import tomllib
-
-    raw = tomllib.loads(text)
+    try:
+        text = source.read_text(encoding="utf-8") if isinstance(source, Path) else source
+        raw = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise RobustkitError(f"the run's copy of its config {source} cannot be read ({err}); "
+                             "rerun with --fresh to start over") from None
     return {k: v for k, v in raw.items() if k not in ("description", "references")}
 
 
-def _write_manifest(root: Path, cfg: ExperimentConfig, timings: dict[str, float],
+def _write_manifest(folder: RunFolder, cfg: ExperimentConfig, timings: dict[str, float],
                     reused: int) -> None:
-    from robustkit.device import pick_device
-    from robustkit.models.checkpoint import git_commit, versions
-
-    manifest_path = root / "manifest.json"
-    earlier = {}
-    if manifest_path.exists():
-        import json
-
-        earlier = json.loads(manifest_path.read_text()).get("timings", {})
-    write_json(manifest_path, {
-        "experiment": cfg.name, "config_sha256": hashlib.sha256(
-            (root / "config.toml").read_bytes()).hexdigest() if (root / "config.toml").exists()
-        else None,
+    """``manifest.json``: what produced the run, and how long each unit took."""
+    path = folder.root / "manifest.json"
+    earlier: dict[str, Any] = {}
+    if path.exists():
+        try:
+            earlier = dict(read_json(path, what="manifest").get("timings") or {})
+        except (RobustkitError, AttributeError, TypeError, ValueError):
+            warnings.warn(f"{path} is damaged; its earlier timings are dropped", stacklevel=3)
+    copy = folder.root / "config.toml"
+    folder.wrote("manifest.json")
+    write_json(path, {
+        "experiment": cfg.name,
+        "config_sha256": sha256(copy.read_bytes()) if copy.exists() else None,
         "versions": versions(), "git_commit": git_commit(), "python": platform.python_version(),
         "platform": platform.platform(), "device": str(pick_device(cfg.device)),
         "torch_threads": torch.get_num_threads(), "seeds": cfg.seeds,
@@ -141,91 +205,9 @@ def _write_manifest(root: Path, cfg: ExperimentConfig, timings: dict[str, float]
     })
 
 
-class Planner:
-    """Turns a config into the ordered list of units, with lazily loaded models and data."""
-
-    def __init__(self, cfg: ExperimentConfig, store: Store, root: Path) -> None:
-        self.cfg, self.store, self.root = cfg, store, root
-        self._test: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._models: dict[tuple[str, int], torch.nn.Module] = {}
-        self.entries = {m.name: m for m in cfg.models}
-
-    # -- lazily loaded inputs -------------------------------------------------------
-    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n_test`` class-balanced test images (the same subset for every unit)."""
-        if self._test is None:
-            x, y = data.load_tensors(self.cfg.dataset, "test")
-            n = min(self.cfg.n_test, len(y))
-            keep = torch.from_numpy(data.stratified_indices(y.numpy(), n, seed=0))
-            self._test = (x[keep], y[keep])
-        return self._test
-
-    def checkpoint(self, name: str, seed: int) -> Path:
-        entry = self.entries[name]
-        if entry.checkpoint:
-            return Path(entry.checkpoint)
-        return self.root / "models" / f"{quote(name, safe='')}-s{seed}.pt"
-
-    def model(self, name: str, seed: int) -> torch.nn.Module:
-        if (name, seed) not in self._models:
-            from robustkit.device import pick_device
-
-            self._models[(name, seed)] = models.load(self.checkpoint(name, seed),
-                                                    device=pick_device(self.cfg.device))
-        return self._models[(name, seed)]
-
-    # -- the plan --------------------------------------------------------------------
-    def plan(self) -> list[Unit]:
-        """Every unit of the run, in the order they run: models first, then the rest."""
-        cfg = self.cfg
-        out = [Unit(key("train", m.name, f"s{seed}"), partial(units.train, self, m, seed))
-               for seed in cfg.seeds for m in cfg.models]
-
-        def per_model(kind: str, listed: list[str], compute, extras=((),)) -> None:
-            """One unit per listed model x seed x extra arguments (a norm, a method)."""
-            for name in cfg.model_names(listed):
-                for seed in cfg.seeds:
-                    for extra in extras:
-                        out.append(Unit(key(kind, name, f"s{seed}", *extra),
-                                        partial(compute, self, name, seed, *extra)))
-
-        for a in cfg.attacks:
-            for name in cfg.model_names(a.models):
-                for seed in cfg.seeds:
-                    out.extend(Unit(key("attack", a.label, name, f"s{seed}", f"eps{e:g}"),
-                                    partial(units.attack, self, a, name, seed, e)) for e in a.eps)
-        if cfg.examples:
-            per_model("examples", cfg.examples.models, units.examples)
-        if cfg.minimal:
-            per_model("minimal", cfg.minimal.models, units.minimal,
-                      [(n,) for n in cfg.minimal.norms])
-        if cfg.transfer:
-            out.extend(Unit(key("transfer", source, f"s{seed}"),
-                            partial(units.transfer, self, source, seed))
-                       for seed in cfg.seeds for source in cfg.transfer.sources)
-        if cfg.explain:
-            per_model("explain", cfg.explain.models, units.explanation,
-                      [(m,) for m in cfg.explain.methods])
-            if cfg.explain.sanity:
-                per_model("sanity", cfg.explain.models, units.sanity)
-        if cfg.validity:
-            per_model("validity", cfg.validity.models, units.validity)
-        return out
-
-
-def attack_options(attack: str, options: dict[str, Any], seed: int, eps: float | None
-                   ) -> dict[str, Any]:
-    """The attack's keyword options: the config's, the radius, and the run's seed when the
-    attack takes one."""
-    from robustkit.attacks import ATTACKS, BOUNDED
-
-    kw = dict(options)
-    if eps is not None and attack in BOUNDED:
-        kw["eps"] = eps
-    if "seed" in inspect.signature(ATTACKS.get(attack)).parameters:
-        kw.setdefault("seed", seed)
-    return kw
-
-
-def as_dict(entry: Any) -> dict[str, Any]:
-    return dataclasses.asdict(entry)
+def _render(folder: RunFolder) -> None:
+    """Write the report; its files are listed as robustkit's before it writes them."""
+    folder.wrote("index.html")
+    folder.wrote("README.md")
+    folder.make_folder("figures")
+    render_report(folder.root)

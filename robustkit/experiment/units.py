@@ -1,26 +1,91 @@
-"""What each kind of unit computes. Each returns ``(record, arrays)``.
+"""The kinds of unit an experiment is made of: what each plans and what each computes.
 
-A record is plain JSON (the tidy row for ``results.json``); arrays are numpy arrays the
-report draws (images, attribution maps). Every unit seeds torch itself, so its result does
-not depend on the units that ran before it.
+Each kind is registered by name with :func:`register_unit`: a *planner* turns the config
+into :class:`Planned` units (a key, the unit's own config section and its arguments), and
+the *compute* function, given a :class:`~robustkit.experiment.context.Context` and those
+arguments, returns ``(record, arrays)``. A record is plain JSON (the tidy row for
+``results.json``); arrays are numpy arrays the report draws (images, attribution maps).
+Every unit seeds torch itself, so its result does not depend on the units that ran before
+it. Kinds run in the order they are registered: models first.
+
+A new kind of unit is a section in :mod:`robustkit.experiment.config`, a planner and a
+compute function here, and (if it is shown) a section of the report.
+
+Example:
+    >>> [kind.name for kind in UNITS.values()][:3]
+    ['train', 'attack', 'examples']
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from robustkit import data, metrics, models
-from robustkit.train import predict
-
-if TYPE_CHECKING:
-    from robustkit.experiment.config import AttackEntry, ModelEntry
-    from robustkit.experiment.runner import Planner
+from robustkit import explain, metrics
+from robustkit.attacks import bind, minimal_targeted, spec
+from robustkit.core import predict
+from robustkit.errors import RobustkitError
+from robustkit.evaluate import adversarial_examples, minimal_table, validity_checks
+from robustkit.experiment.config import (ExperimentConfig, ModelEntry, adversarial_config,
+                                         train_config)
+from robustkit.experiment.context import Context
+from robustkit.store import key, provenance
+from robustkit import train as training
+from robustkit.transfer import transfer_matrix
 
 Result = tuple[dict[str, Any], dict[str, np.ndarray] | None]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One planned unit: its key, its own config section, and its compute's arguments."""
+
+    key: str
+    section: Any
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnitKind:
+    """A kind of unit: its name, its planner and its compute function."""
+
+    name: str
+    plan: Callable[[ExperimentConfig], Iterable[Planned]]
+    compute: Callable[..., Result]
+
+
+#: Name -> kind of unit, in the order the kinds run.
+UNITS: dict[str, UnitKind] = {}
+
+
+def register_unit(name: str, plan: Callable[[ExperimentConfig], Iterable[Planned]]
+                  ) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    """Decorator: file ``compute`` as the unit kind ``name`` planned by ``plan``."""
+
+    def decorate(compute: Callable[..., Result]) -> Callable[..., Result]:
+        if name in UNITS:
+            raise RobustkitError(f"unit kind {name!r} is already registered")
+        UNITS[name] = UnitKind(name, plan, compute)
+        return compute
+
+    return decorate
+
+
+def per_model(kind: str, cfg: ExperimentConfig, section: Any,
+              extras: Iterable[tuple[Any, ...]] = ((),)) -> Iterator[Planned]:
+    """One unit per listed model x seed x extra arguments (a norm, a method)."""
+    extras = list(extras)
+    for name in cfg.model_names(section.models):
+        for seed in cfg.seeds:
+            for extra in extras:
+                yield Planned(key(kind, name, f"s{seed}", *extra), section, (name, seed, *extra))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -28,50 +93,74 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _balanced(planner: Planner, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` class-balanced images from the run's test subset (the same for every model)."""
-    x, y = planner.test_set()
-    n = min(n, len(y))
-    keep = torch.from_numpy(np.sort(data.stratified_indices(_np(y), n, seed=0)))
-    return x[keep], y[keep]
+def _attack(ctx: Context, model: nn.Module, attack: str, options: dict[str, Any],
+            seed: int, eps: float, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The adversarial examples of ``x``, through the one option binder."""
+    run = bind(attack, model, options, eps=eps, defaults={"seed": seed},
+               what=f"experiment attack {attack!r}")
+    torch.manual_seed(seed)
+    return adversarial_examples(model, x, y, run, ctx.cfg.batch_size, False)
 
 
-def train(planner: Planner, entry: ModelEntry, seed: int) -> Result:
-    """Train ``entry`` with ``seed`` (or read its checkpoint) and score it on the test subset."""
-    from robustkit.adversarial import checkpoint_metadata
-    from robustkit.experiment.config import adversarial_config, train_config
-    from robustkit.train import fit
+# -- models ----------------------------------------------------------------------------
+def _plan_train(cfg: ExperimentConfig) -> Iterator[Planned]:
+    for seed in cfg.seeds:
+        for m in cfg.models:
+            yield Planned(key("train", m.name, f"s{seed}"), m, (seed,))
 
-    cfg = planner.cfg
-    path = planner.checkpoint(entry.name, seed)
-    if not path.exists():  # a checkpoint without its record: a run killed just after saving
-        if entry.checkpoint:
-            raise FileNotFoundError(f"model {entry.name!r}: checkpoint {path} does not exist")
-        ds = data.spec(cfg.dataset)
-        tc = train_config(entry)
-        train_set = data.load_tensors(cfg.dataset, "train", train_size=entry.train_size,
-                                      seed=seed)
-        torch.manual_seed(seed)
-        model = models.create(entry.architecture, ds.in_shape, ds.num_classes, ds.mean,
-                              ds.std, **entry.options)
-        # Adversarial entries train on adversarial examples (None: clean images).
-        # A run killed during training goes on from the last finished epoch.
-        resume = path.with_name(f"{path.name}.resume")
-        history = fit(model, train_set, planner.test_set(), config=tc, device=cfg.device,
-                      seed=seed, quiet=True, adversarial=adversarial_config(entry),
-                      resume=resume)
-        models.save(model, path, dataset=cfg.dataset, train_size=len(train_set[1]), seed=seed,
-                    training=dataclasses.asdict(tc), train_seconds=history.seconds,
-                    device=history.device, amp=history.amp, history=history.epochs,
-                    **checkpoint_metadata(history))
-        resume.unlink(missing_ok=True)
-    model = planner.model(entry.name, seed)
-    x, y = planner.test_set()
-    meta = model.robustkit_metadata
-    spec = model.robustkit_spec
+
+def train_and_save(ctx: Context, entry: ModelEntry, seed: int, path: Path) -> None:
+    """Train ``entry`` with ``seed`` on the run's dataset and save its checkpoint at
+    ``path`` (:func:`robustkit.train.train_and_save`, the one train-then-save); a run
+    killed during training goes on from ``PATH.resume`` (the last finished epoch)."""
+    # Adversarial entries train on adversarial examples (None: clean images); the test
+    # subset is scored every epoch, so the report can draw the learning curves.
+    training.train_and_save(entry.architecture, ctx.cfg.dataset, path,
+                            config=train_config(entry), seed=seed,
+                            train_size=entry.train_size, options=entry.options,
+                            adversarial=adversarial_config(entry), device=ctx.cfg.device,
+                            eval_every=1, quiet=True, test=ctx.test_set())
+
+
+def _stored_model(ctx: Context, entry: ModelEntry, seed: int) -> nn.Module | None:
+    """The run's own checkpoint of ``entry`` if it is whole and this version trained it
+    (a run killed just after saving leaves one without its record); else None."""
+    path = ctx.checkpoint(entry.name, seed)
+    if not path.exists():
+        return None
+    try:
+        model = ctx.model(entry.name, seed)
+    except RobustkitError as err:
+        warnings.warn(f"model {entry.name!r} seed {seed}: {err}; training it again",
+                      stacklevel=2)
+        return None
+    meta: dict[str, Any] = getattr(model, "robustkit_metadata", {})
+    made = {k: meta.get(k) for k in ("robustkit", "git_commit")}
+    if made != provenance():
+        warnings.warn(f"checkpoint {path} was trained by robustkit {made['robustkit']} "
+                      f"(commit {made['git_commit']}), not this version; training it again",
+                      stacklevel=2)
+        ctx.forget(entry.name, seed)
+        return None
+    return model
+
+
+@register_unit("train", _plan_train)
+def train(ctx: Context, seed: int) -> Result:
+    """Train the model entry ``ctx.section`` with ``seed`` (or read its checkpoint) and
+    score it on the test subset."""
+    entry: ModelEntry = ctx.section
+    path = ctx.checkpoint(entry.name, seed)
+    if not entry.checkpoint and _stored_model(ctx, entry, seed) is None:
+        train_and_save(ctx, entry, seed, path)
+        ctx.forget(entry.name, seed)
+    model = ctx.model(entry.name, seed)
+    x, y = ctx.test_set()
+    meta: dict[str, Any] = getattr(model, "robustkit_metadata", {})
+    spec_: dict[str, Any] = getattr(model, "robustkit_spec", {})
     return {
-        "kind": "model", "model": entry.name, "seed": seed, "arch": spec["name"],
-        "options": spec.get("options", {}), "checkpoint": str(path),
+        "kind": "model", "model": entry.name, "seed": seed, "arch": spec_["name"],
+        "options": spec_.get("options", {}), "checkpoint": str(path),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_size": meta.get("train_size"), "training": meta.get("training"),
         "train_seconds": meta.get("train_seconds"), "history": meta.get("history"),
@@ -82,16 +171,24 @@ def train(planner: Planner, entry: ModelEntry, seed: int) -> Result:
     }, None
 
 
-def attack(planner: Planner, entry: AttackEntry, name: str, seed: int, eps: float) -> Result:
-    """One attack at one eps on one model: accuracy, error, confidence, perceptibility."""
-    from robustkit.evaluate import adversarial_examples
-    from robustkit.experiment.runner import attack_options
+# -- attacks ---------------------------------------------------------------------------
+def _plan_attacks(cfg: ExperimentConfig) -> Iterator[Planned]:
+    for a in cfg.attacks:
+        for name in cfg.model_names(a.models):
+            for seed in cfg.seeds:
+                for e in a.eps:
+                    yield Planned(key("attack", a.label, name, f"s{seed}", f"eps{e:g}"), a,
+                                  (name, seed, e))
 
-    model = planner.model(name, seed)
-    x, y = planner.test_set()
-    kw = attack_options(entry.attack, entry.options, seed, eps)
-    torch.manual_seed(seed)
-    x_adv = adversarial_examples(model, x, y, entry.attack, planner.cfg.batch_size, False, **kw)
+
+@register_unit("attack", _plan_attacks)
+def attack(ctx: Context, name: str, seed: int, eps: float) -> Result:
+    """One attack (``ctx.section``) at one eps on one model: accuracy, error, confidence,
+    perceptibility."""
+    entry = ctx.section
+    model = ctx.model(name, seed)
+    x, y = ctx.test_set()
+    x_adv = _attack(ctx, model, entry.attack, entry.options, seed, eps, x, y)
     return {"kind": "attack", "model": name, "seed": seed, "attack": entry.label,
             "method": entry.attack, "eps": eps, "options": entry.options,
             **_scores(model, x, x_adv, y)}, None
@@ -126,17 +223,18 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: tor
     }
 
 
-def examples(planner: Planner, name: str, seed: int) -> Result:
-    """A few class-balanced images, attacked, for the imperceptibility grid."""
-    from robustkit.evaluate import adversarial_examples
-    from robustkit.experiment.runner import attack_options
+def _plan_examples(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.examples:
+        yield from per_model("examples", cfg, cfg.examples)
 
-    sec = planner.cfg.examples
-    model = planner.model(name, seed)
-    x, y = _balanced(planner, sec.n)
-    kw = attack_options(sec.attack, sec.options, seed, sec.eps)
-    torch.manual_seed(seed)
-    x_adv = adversarial_examples(model, x, y, sec.attack, planner.cfg.batch_size, False, **kw)
+
+@register_unit("examples", _plan_examples)
+def examples(ctx: Context, name: str, seed: int) -> Result:
+    """A few class-balanced images, attacked, for the imperceptibility grid."""
+    sec = ctx.section
+    model = ctx.model(name, seed)
+    x, y = ctx.balanced(sec.n)
+    x_adv = _attack(ctx, model, sec.attack, sec.options, seed, sec.eps, x, y)
     clean_p, adv_p = predict(model, x).softmax(1), predict(model, x_adv).softmax(1)
     arrays = {"x": _np(x), "x_adv": _np(x_adv), "y": _np(y),
               "clean_pred": _np(clean_p.argmax(1)), "clean_conf": _np(clean_p.max(1).values),
@@ -145,14 +243,17 @@ def examples(planner: Planner, name: str, seed: int) -> Result:
             **_scores(model, x, x_adv, y)}, arrays
 
 
-def minimal(planner: Planner, name: str, seed: int, norm: str) -> Result:
-    """Median minimal targeted perturbation per (class, target); images for one target."""
-    from robustkit.attacks import minimal_targeted
-    from robustkit.evaluate import minimal_table
+def _plan_minimal(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.minimal:
+        yield from per_model("minimal", cfg, cfg.minimal, [(n,) for n in cfg.minimal.norms])
 
-    sec = planner.cfg.minimal
-    model = planner.model(name, seed)
-    x, y = _balanced(planner, sec.n)
+
+@register_unit("minimal", _plan_minimal)
+def minimal(ctx: Context, name: str, seed: int, norm: str) -> Result:
+    """Median minimal targeted perturbation per (class, target); images for one target."""
+    sec = ctx.section
+    model = ctx.model(name, seed)
+    x, y = ctx.balanced(sec.n)
     torch.manual_seed(seed)
     table = minimal_table(model, x, y, norm=norm, steps=sec.steps, progress=False)
     arrays = None
@@ -169,23 +270,28 @@ def minimal(planner: Planner, name: str, seed: int, norm: str) -> Result:
             "steps": sec.steps, "target": sec.target, **table}, arrays
 
 
-def transfer(planner: Planner, source: str, seed: int) -> Result:
+# -- transfer --------------------------------------------------------------------------
+def _plan_transfer(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.transfer:
+        for seed in cfg.seeds:
+            for source in cfg.transfer.sources:
+                yield Planned(key("transfer", source, f"s{seed}"), cfg.transfer, (source, seed))
+
+
+@register_unit("transfer", _plan_transfer)
+def transfer(ctx: Context, source: str, seed: int) -> Result:
     """One source attacked once per eps, scored on every target."""
-    import warnings
-
-    from robustkit.experiment.runner import attack_options
-    from robustkit.transfer import transfer_matrix
-
-    sec = planner.cfg.transfer
-    x, y = planner.test_set()
-    targets = {t: planner.model(t, seed) for t in sec.targets}
-    kw = attack_options(sec.attack, sec.options, seed, None)
+    sec = ctx.section
+    x, y = ctx.test_set()
+    targets = {t: ctx.model(t, seed) for t in sec.targets}
+    takes = spec(sec.attack).params
+    kw = {**({"seed": seed} if takes is not None and "seed" in takes else {}), **sec.options}
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # judged across sources at report time
         warnings.simplefilter("ignore")
-        results = transfer_matrix({source: planner.model(source, seed)}, targets, x, y,
+        results = transfer_matrix({source: ctx.model(source, seed)}, targets, x, y,
                                   attack=sec.attack, eps=list(sec.eps),
-                                  batch_size=planner.cfg.batch_size, progress=False, **kw)
+                                  batch_size=ctx.cfg.batch_size, progress=False, **kw)
     rows = [{"eps": eps, "accuracy": m[source], "success": m.success[source]}
             for eps, m in results.items()]
     first = next(iter(results.values()))
@@ -194,25 +300,25 @@ def transfer(planner: Planner, source: str, seed: int) -> Result:
             "options": sec.options, "clean_accuracy": clean, "rows": rows}, None
 
 
-def explanation(planner: Planner, name: str, seed: int, method: str) -> Result:
+# -- explanations ----------------------------------------------------------------------
+def _plan_explain(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.explain:
+        yield from per_model("explain", cfg, cfg.explain, [(m,) for m in cfg.explain.methods])
+
+
+@register_unit("explain", _plan_explain)
+def explanation(ctx: Context, name: str, seed: int, method: str) -> Result:
     """Attributions on clean and attacked images, their shift, faithfulness, and how much
     the maps look like the digit (Tsipras et al. 2019's perceptual alignment)."""
-    from robustkit import explain
-    from robustkit.errors import RobustkitError
-    from robustkit.evaluate import adversarial_examples
-    from robustkit.experiment.runner import attack_options
-
-    sec = planner.cfg.explain
-    model = planner.model(name, seed)
-    x, y = _balanced(planner, sec.n)
+    sec = ctx.section
+    model = ctx.model(name, seed)
+    x, y = ctx.balanced(sec.n)
     base = {"kind": "explain", "model": name, "seed": seed, "method": method}
     try:
         clean_map = explain.attribute(model, x, y, method=method)
     except RobustkitError as err:  # e.g. Grad-CAM on a model without convolutions
         return {**base, "skipped": str(err)}, None
-    kw = attack_options(sec.attack, sec.options, seed, sec.eps)
-    torch.manual_seed(seed)
-    x_adv = adversarial_examples(model, x, y, sec.attack, planner.cfg.batch_size, False, **kw)
+    x_adv = _attack(ctx, model, sec.attack, sec.options, seed, sec.eps, x, y)
     adv_map = explain.attribute(model, x_adv, y, method=method)
     shift = explain.explanation_shift(model, x, x_adv, y, method)
     shift.pop("per_example", None)
@@ -231,14 +337,17 @@ def explanation(planner: Planner, name: str, seed: int, method: str) -> Result:
     return record, arrays
 
 
-def sanity(planner: Planner, name: str, seed: int) -> Result:
-    """Adebayo et al. 2018's cascading model-parameter randomization."""
-    from robustkit import explain
-    from robustkit.errors import RobustkitError
+def _plan_sanity(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.explain and cfg.explain.sanity:
+        yield from per_model("sanity", cfg, cfg.explain)
 
-    sec = planner.cfg.explain
-    model = planner.model(name, seed)
-    x, y = _balanced(planner, sec.n)
+
+@register_unit("sanity", _plan_sanity)
+def sanity(ctx: Context, name: str, seed: int) -> Result:
+    """Adebayo et al. 2018's cascading model-parameter randomization."""
+    sec = ctx.section
+    model = ctx.model(name, seed)
+    x, y = ctx.balanced(sec.n)
     methods = []
     for m in sec.sanity_methods or sec.methods:  # the methods this model supports
         try:
@@ -252,13 +361,18 @@ def sanity(planner: Planner, name: str, seed: int) -> Result:
             "baseline": result.baseline}, None
 
 
-def validity(planner: Planner, name: str, seed: int) -> Result:
-    """Carlini et al. 2019's checks that the evaluation is sound."""
-    from robustkit.evaluate import validity_checks
+# -- validity --------------------------------------------------------------------------
+def _plan_validity(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.validity:
+        yield from per_model("validity", cfg, cfg.validity)
 
-    sec = planner.cfg.validity
-    model = planner.model(name, seed)
-    x, y = _balanced(planner, sec.n)
+
+@register_unit("validity", _plan_validity)
+def validity(ctx: Context, name: str, seed: int) -> Result:
+    """Carlini et al. 2019's checks that the evaluation is sound."""
+    sec = ctx.section
+    model = ctx.model(name, seed)
+    x, y = ctx.balanced(sec.n)
     torch.manual_seed(seed)
     report = validity_checks(model, x, y, eps=sec.eps, norm=sec.norm, steps=sec.steps,
                              seed=seed, progress=False)

@@ -28,11 +28,10 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from robustkit.config import from_dict
+from robustkit.config import Reference, from_dict
 from robustkit.core import check_writable_dir, sha256, write_atomic
 from robustkit.errors import RobustkitError
-from robustkit.experiment.config import Reference
-from robustkit.experiment.store import Store
+from robustkit.store import Store
 from robustkit.explain.plotting import plot_sanity
 from robustkit.report import figures
 from robustkit.report.results import (by, flatten, fmt, load, mean_std, of_kind,
