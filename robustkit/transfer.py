@@ -78,6 +78,7 @@ class TransferResult(dict):
             source that target misclassifies.
         correct: ``correct[name]``, a bool tensor (N,): the clean examples each model
             classifies correctly.
+        options: the options the attack received (the run's seed included), without eps.
     """
 
     def __init__(self, eps: float) -> None:
@@ -86,12 +87,13 @@ class TransferResult(dict):
         self.success: dict[str, dict[str, float]] = {}
         self.fooled: dict[str, dict[str, Tensor]] = {}
         self.correct: dict[str, Tensor] = {}
+        self.options: dict[str, Any] = {}
 
 
 def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
                     x: Tensor, y: Tensor, *, attack: Any = "pgd",
                     eps: float | Sequence[float], batch_size: int = 500,
-                    progress: bool = True, **attack_kwargs: Any
+                    progress: bool = True, seed: int | None = None, **attack_kwargs: Any
                     ) -> TransferResult | dict[float, TransferResult]:
     """Accuracy of every target on adversarial examples crafted on every source.
 
@@ -111,7 +113,9 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
             or a torchattacks object (its copy is set to each source).
         eps: one radius, or a list (then one result per eps).
         batch_size: images per attack call.
-        attack_kwargs: the attack's options (``steps``, ``alpha``, ``seed`` ...).
+        seed: the seed of attacks that take one (random starts), unless ``attack_kwargs``
+            gives one; ignored by attacks without a seed.
+        attack_kwargs: the attack's options (``steps``, ``alpha`` ...).
 
     Returns:
         A :class:`TransferResult` (a ``dict[str, dict[str, float]]`` with per-example
@@ -129,7 +133,8 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
               **{f"target {k}": m for k, m in targets.items()}}
     _check_compatible(models, x)
     first = next(iter(sources.values()))
-    bound = bind(attack, first, attack_kwargs, eps=eps_list[0], what="transfer_matrix")
+    bound = bind(attack, first, attack_kwargs, eps=eps_list[0], what="transfer_matrix",
+                 defaults={} if seed is None else {"seed": seed})
     y_cpu = y.cpu()
     correct = {name: predict(m, x).argmax(1) == y_cpu
                for name, m in {**sources, **targets}.items()}
@@ -137,6 +142,7 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
     for e in eps_list:
         result = TransferResult(e)
         result.correct = correct
+        result.options = dict(bound.options)
         for s_name, source in sources.items():
             adv_ok = attack_outcomes(source, x, y, bound.on(source).at(e), batch_size,
                                      progress, scorers=dict(targets))  # {target: (N,)}

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from robustkit import data, models
-from robustkit.attacks.binding import AttackSpec
 from robustkit.core import check_writable, check_writable_dir, pick_device, write_json
 from robustkit.errors import RobustkitError
 
@@ -191,13 +190,6 @@ def user_options(args: argparse.Namespace) -> dict[str, Any]:
         given.add(key)
         options[key] = value
     return options
-
-
-def seeded(attack: AttackSpec, options: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    """``options`` with the run's seed added where the attack's signature takes one (the
-    rule of :func:`robustkit.attacks.bind`'s ``defaults``)."""
-    takes_seed = attack.params is not None and "seed" in attack.params
-    return {**options, **({"seed": seed} if takes_seed and "seed" not in options else {})}
 
 
 def checkpoint_file(path: str | Path, flag: str = "--checkpoint") -> Path:

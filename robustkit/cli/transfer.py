@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustkit.attacks.binding import check_options, spec
+from robustkit.attacks.binding import check_options
 from robustkit.cli import common
 from robustkit.core import pick_device
 from robustkit.errors import RobustkitError
@@ -54,7 +54,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     matrices (``*`` marks white-box cells) and write the JSON and the heatmap."""
     options = common.user_options(args)
     attack = check_options(args.attack, options, grid=True, what="transfer")
-    options = common.seeded(spec(args.attack), options, args.seed)
     out, png = _outputs(args)
     for path in dict.fromkeys([*args.sources, *args.targets]):
         common.checkpoint_file(path, "--sources/--targets")
@@ -67,8 +66,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     dataset, x, y = common.images_for(args, next(iter(sources.values())))
     start = time.perf_counter()
     results = transfer_matrix(sources, targets, x, y, attack=args.attack, eps=list(args.eps),
-                              batch_size=args.batch_size, progress=not args.quiet, **options)
+                              batch_size=args.batch_size, progress=not args.quiet,
+                              seed=args.seed, **options)
     seconds = time.perf_counter() - start
+    options = next(iter(results.values())).options  # what the attack received
     print(f"{attack.name} {json.dumps(options)} on {len(y)} {dataset} test images "
           f"({seconds:.1f}s)")
     width = max(8, *(len(t) for t in targets))

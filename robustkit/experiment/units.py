@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from robustkit import explain, metrics
-from robustkit.attacks import bind, minimal_targeted, spec
+from robustkit.attacks import bind, minimal_targeted
 from robustkit.core import predict
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import adversarial_examples, minimal_table, validity_checks
@@ -284,14 +284,13 @@ def transfer(ctx: Context, source: str, seed: int) -> Result:
     sec = ctx.section
     x, y = ctx.test_set()
     targets = {t: ctx.model(t, seed) for t in sec.targets}
-    takes = spec(sec.attack).params
-    kw = {**({"seed": seed} if takes is not None and "seed" in takes else {}), **sec.options}
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # judged across sources at report time
         warnings.simplefilter("ignore")
         results = transfer_matrix({source: ctx.model(source, seed)}, targets, x, y,
                                   attack=sec.attack, eps=list(sec.eps),
-                                  batch_size=ctx.cfg.batch_size, progress=False, **kw)
+                                  batch_size=ctx.cfg.batch_size, progress=False, seed=seed,
+                                  **sec.options)
     rows = [{"eps": eps, "accuracy": m[source], "success": m.success[source]}
             for eps, m in results.items()]
     first = next(iter(results.values()))
