@@ -9,26 +9,68 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustkit.attacks.base import generator, threat_model
-from robustkit.attacks.binding import BoundAttack, bind, check_options
+from robustkit.attacks.base import check_result, generator, threat_model
+from robustkit.attacks.binding import AttackSpec, BoundAttack, bind, check_options
 from robustkit.attacks.pgd import iterate
-from robustkit.core import (borrowed, check_eps, check_inputs, check_labels, check_positive_int,
-                            model_contract, model_device, predict)
+from robustkit.core import (borrowed, check_eps, check_inputs, check_labels,
+                            check_positive_int, model_contract, model_device, model_dtype)
+from robustkit.core.distributed import current_shard, gather
+from robustkit.core.seeding import ExampleSeeds
+from robustkit.core.stream import Data, as_tensors, batches, size
 from robustkit.errors import RobustkitError
+from robustkit.outcomes import Outcomes, as_data, outcomes
 
 Tensor = torch.Tensor
 
 
-def _bound(model: nn.Module, attack: Any, options: dict[str, Any], what: str) -> BoundAttack:
-    """The attack with its options, eps taken out of them (the binder's one way in)."""
+class Accuracy(float):
+    """A robust accuracy (a float in [0, 1]) with what it must be read beside.
+
+    Attributes:
+        clean_accuracy: the model's accuracy on the clean images, on the same examples.
+        n: the number of examples.
+    """
+
+    clean_accuracy: float
+    n: int
+
+    def __new__(cls, value: float, clean_accuracy: float, n: int) -> Accuracy:
+        out = super().__new__(cls, value)
+        out.clean_accuracy = clean_accuracy
+        out.n = n
+        return out
+
+    def __repr__(self) -> str:
+        return f"{float(self)!r} (clean {self.clean_accuracy!r}, n={self.n})"
+
+
+def warn_if_near_chance(clean_accuracy: float, num_classes: int, n: int, what: str) -> None:
+    """Warn when clean accuracy is near chance: the usual sign of a forgotten normalization
+    (a model trained on normalized images, fed [0, 1] images) or of wrong labels."""
+    chance = 1.0 / num_classes
+    if n >= 20 and clean_accuracy <= 1.5 * chance:
+        warnings.warn(
+            f"{what}: clean accuracy {clean_accuracy:.3f} on {n} examples is near chance "
+            f"({chance:.3f} for {num_classes} classes): is the model's normalization inside "
+            f"it (robustkit.models.wrap(model, mean=..., std=...))? Robust accuracy means "
+            f"little here", stacklevel=3)
+
+
+def _bound(model: nn.Module, attack: Any, options: dict[str, Any], what: str,
+           seed: int | None = None) -> BoundAttack:
+    """The attack with its options, eps taken out of them (the binder's one way in); the
+    evaluation's seed reaches attacks that take one."""
+    if attack is None:
+        raise RobustkitError(f"{what}: give the attack (a name such as 'pgd', "
+                             f"'package.module:function', a torchattacks object or a callable)")
     if isinstance(attack, BoundAttack):
         if options:
             raise RobustkitError(f"{what}: a bound attack takes no further options, "
@@ -36,102 +78,108 @@ def _bound(model: nn.Module, attack: Any, options: dict[str, Any], what: str) ->
         return attack
     opts = dict(options)
     eps = opts.pop("eps", None)
-    return bind(attack, model, opts, eps=eps, what=what)
+    return bind(attack, model, opts, eps=eps, what=what,
+                defaults={} if seed is None else {"seed": seed})
 
 
-def _batches(n: int, batch_size: int, progress: bool, desc: str) -> Iterator[slice]:
-    """Slices of ``batch_size`` over ``n`` examples, with a progress bar."""
-    bar = tqdm(total=n, disable=not progress, unit="img", desc=desc, leave=False)
-    try:
-        for i in range(0, n, batch_size):
-            yield slice(i, min(n, i + batch_size))
-            bar.update(min(n, i + batch_size) - i)
-    finally:
-        bar.close()
-
-
-def adversarial_examples(model: nn.Module, x: Tensor, y: Tensor, attack: Any,
-                         batch_size: int = 500, progress: bool = True, **options: Any) -> Tensor:
-    """Run ``attack`` over ``x`` in batches (with a progress bar); returns x_adv on the CPU.
+def adversarial_examples(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
+                         attack: Any = None, batch_size: int = 500, progress: bool = True,
+                         seed: int | None = 0, **options: Any) -> Tensor:
+    """Run ``attack`` over the data in batches (with a progress bar); returns x_adv on the
+    CPU, in example order, each example's randomness seeded by ``seed`` and its index.
 
     Holds every adversarial example: to score them, use :func:`robust_accuracy` or
-    :func:`attack_outcomes`, whose memory stays proportional to the batch.
+    :func:`robustkit.outcomes.outcomes`, whose memory stays proportional to the batch.
 
     Args:
         model: the attacked model.
-        x: images (N, C, H, W) in [0, 1]; y: labels (N,).
+        x: images (N, C, H, W) in [0, 1] with labels ``y`` (N,); or a Dataset or a
+            DataLoader of ``(x, y)`` (then no ``y``, and the attack by keyword).
         attack: a registered name, ``module:function``, a function ``(model, x, y, ...)``,
             a torchattacks object or a callable ``(x, y)``; see
             :func:`robustkit.attacks.bind`.
+        seed: the seed of attacks that take one (None: the global random state).
         options: the attack's options, ``eps`` included; each must be in its signature.
+
+    Example:
+        >>> x_adv = adversarial_examples(model, x, y, "pgd", eps=0.3)   # doctest: +SKIP
     """
-    check_inputs(x, y, what="adversarial_examples")
+    data = as_data(x, y, "adversarial_examples")
     check_positive_int(batch_size, "adversarial_examples", "batch_size")
-    run = _bound(model, attack, options, "adversarial_examples")
-    return torch.cat([run(x[b], y[b]).detach().cpu()
-                      for b in _batches(len(x), batch_size, progress, run.name)])
+    run = _bound(model, attack, options, "adversarial_examples", seed)
+    total = size(data)
+    bar = tqdm(total=total, disable=not progress, unit="img", desc=run.name, leave=False)
+    out = []
+    try:
+        for b in batches(data, batch_size, what="adversarial_examples"):
+            out.append(run(b.x, b.y.long(), index=b.index).detach().cpu())
+            bar.update(len(b.y))
+    finally:
+        bar.close()
+    if not out:
+        raise RobustkitError("adversarial_examples: the data holds no examples")
+    return torch.cat(out)
 
 
-def attack_outcomes(model: nn.Module, x: Tensor, y: Tensor, attack: Any,
-                    batch_size: int = 500, progress: bool = True,
-                    scorers: dict[str, nn.Module] | None = None, **options: Any
-                    ) -> dict[str, Tensor]:
-    """Per-example outcomes of ``attack``, batch by batch: memory stays proportional to the
-    batch, not to N (no adversarial example outlives its batch).
-
-    Args:
-        model: the attacked model; x (N, C, H, W) in [0, 1]; y (N,).
-        attack, options: as for :func:`adversarial_examples`.
-        scorers: models to score the adversarial examples on (default ``{"model":
-            model}``); transfer passes its targets.
-
-    Returns:
-        ``{name: (N,) bool}``: whether each scorer labels the adversarial example ``y``.
-    """
-    check_inputs(x, y, what="attack_outcomes")
-    check_positive_int(batch_size, "attack_outcomes", "batch_size")
-    run = _bound(model, attack, options, "attack_outcomes")
-    scorers = scorers if scorers is not None else {"model": model}
-    out = {name: torch.empty(len(x), dtype=torch.bool) for name in scorers}
-    for b in _batches(len(x), batch_size, progress, run.name):
-        x_adv = run(x[b], y[b])
-        for name, scorer in scorers.items():
-            out[name][b] = predict(scorer, x_adv).argmax(1) == y[b].cpu()
-    return out
-
-
-def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, attack: Any,
-                    batch_size: int = 500, progress: bool = True, **options: Any) -> float:
-    """Accuracy of ``model`` on ``attack``'s adversarial examples of ``x``.
+def robust_accuracy(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
+                    attack: Any = None, batch_size: int = 500, progress: bool = True,
+                    seed: int | None = 0, **options: Any) -> Accuracy:
+    """Accuracy of ``model`` on ``attack``'s adversarial examples of the data.
 
     An example counts as robust only if it is classified correctly both clean and
-    attacked, so the result never exceeds clean accuracy. The adversarial examples are
-    scored batch by batch and dropped, so memory does not grow with N.
+    attacked, so the result never exceeds clean accuracy, which it carries
+    (``.clean_accuracy``); a clean accuracy near chance gets a warning. The adversarial
+    examples are scored batch by batch and dropped, so memory does not grow with N.
+    Inside a torch.distributed process group each rank attacks its shard of the examples
+    and every rank returns the whole result; each example's randomness is seeded by
+    ``seed`` and its global index, so the number depends neither on the batch size nor on
+    the number of processes.
 
     Args:
-        model: returns logits (N, K); x: (N, C, H, W) in [0, 1]; y: true labels (N,).
+        model: returns logits (N, K).
+        x: images (N, C, H, W) in [0, 1] with true labels ``y`` (N,); or a Dataset or a
+            DataLoader of ``(x, y)`` (then no ``y``, and the attack by keyword).
         attack: a registered name (``"pgd"``), ``module:function``, a torchattacks object
             or a callable ``(x, y) -> x_adv`` (see :func:`robustkit.attacks.bind`).
         batch_size: images per attack call.
+        seed: the seed of attacks that take one (None: the global random state).
         options: the attack's options, ``eps`` included.
 
     Returns:
-        A fraction in [0, 1].
+        An :class:`Accuracy`: a float in [0, 1] with ``clean_accuracy`` and ``n``.
 
     Example:
-        >>> robust_accuracy(model, x, y, "pgd", eps=0.3, steps=40)     # doctest: +SKIP
-        0.004
+        >>> acc = robust_accuracy(model, x, y, "pgd", eps=0.3, steps=40)     # doctest: +SKIP
+        >>> float(acc), acc.clean_accuracy                                   # doctest: +SKIP
+        (0.004, 0.987)
+        >>> robust_accuracy(model, loader, attack="fgsm", eps=0.1)           # doctest: +SKIP
     """
-    check_inputs(x, y, what="robust_accuracy")
-    model_contract(model, x, "robust_accuracy")
-    clean_ok = predict(model, x, what="robust_accuracy").argmax(1) == y.cpu()  # (N,)
-    adv_ok = attack_outcomes(model, x, y, attack, batch_size, progress, **options)["model"]
-    return (clean_ok & adv_ok).float().mean().item()
+    data = as_data(x, y, "robust_accuracy")
+    check_positive_int(batch_size, "robust_accuracy", "batch_size")
+    run = _bound(model, attack, options, "robust_accuracy", seed)
+    out = outcomes(data, {"model": model}, run, batch_size=batch_size, progress=progress,
+                   what="robust_accuracy")
+    return _accuracy(out, model, "robust_accuracy")
 
 
-def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: Any = "pgd",
-                     eps: Sequence[float], batch_size: int = 1000, progress: bool = True,
-                     seed: int | None = 0, **attack_kwargs: Any) -> list[dict[str, Any]]:
+def _accuracy(out: Outcomes, model: nn.Module, what: str) -> Accuracy:
+    n = len(out.index)
+    clean = out.clean["model"].float().mean().item()
+    warn_if_near_chance(clean, _num_classes(model, out), n, what)
+    return Accuracy(out.robust("model").float().mean().item(), clean, n)
+
+
+def _num_classes(model: nn.Module, out: Outcomes) -> int:
+    spec = getattr(model, "robustkit_spec", None)
+    if spec is not None:
+        return int(spec["num_classes"])
+    return max(2, int(out.label.max().item()) + 1) if len(out.label) else 2
+
+
+def robustness_curve(model: nn.Module, x: Tensor | Data, y: Tensor | None = None, *,
+                     attack: Any = "pgd", eps: Sequence[float], batch_size: int = 1000,
+                     progress: bool = True, seed: int | None = 0, **attack_kwargs: Any
+                     ) -> list[dict[str, Any]]:
     """Accuracy against eps, at a fraction of the cost of attacking afresh at every eps.
 
     An adversarial example at eps is one at every larger eps, and an example that
@@ -139,131 +187,166 @@ def robustness_curve(model: nn.Module, x: Tensor, y: Tensor, *, attack: Any = "p
     ``bim`` each example's breaking point is found by bisection over the eps grid: about
     log2(len(eps)) probes per example instead of one per eps, and each probe stops at
     the first iterate that fools the model. Each probe is the same attack as a separate
-    run at that eps (same steps, step size ``2.5 * eps / steps``, fresh random start),
-    so the curve agrees with the per-eps loop up to the attack's own randomness.
-    Other attacks (and user callables) run once per eps, ascending, on the examples
-    still robust at the previous eps. Attacks that measure a distance (DeepFool, C&W)
-    take no eps and are refused.
+    run at that eps (same steps, step size ``2.5 * eps / steps``, the example's own
+    random start), so the curve agrees with the per-eps loop up to the attack's own
+    randomness. Other attacks (and user callables) run once per eps, ascending, on the
+    examples still robust at the previous eps. Attacks that measure a distance (DeepFool,
+    C&W) take no eps and are refused. The data streams batch by batch; inside a process
+    group each rank takes its shard.
 
     Args:
-        model: returns logits (N, K); x: (N, C, H, W) in [0, 1]; y: true labels (N,).
+        model: returns logits (N, K).
+        x: images (N, C, H, W) in [0, 1] with labels ``y`` (N,), or a Dataset or a
+            DataLoader of ``(x, y)`` (then no ``y``).
         attack: ``pgd``/``bim`` (bisection), another registered name, ``module:function``,
             a torchattacks object, or a callable that takes ``eps`` as a keyword.
         eps: the radii, any order; the result is sorted by eps.
         batch_size: images per attack call.
-        seed: seeds the random starts (of attacks that take a seed).
+        seed: seeds each example's random start by its global index (attacks that take
+            a seed).
         attack_kwargs: the attack's options (pgd: ``steps`` (default 10), ``alpha``,
             ``norm``, ``random_start``, ``targeted``).
 
     Returns:
-        One dict per eps, ascending: ``eps``, ``accuracy``, ``attacked`` (examples
-        attacked at this eps) and ``gradient_evaluations`` (per-example forward+backward
-        passes spent at this eps; None for attacks that do not report it).
+        One dict per eps, ascending: ``eps``, ``accuracy``, ``clean_accuracy``,
+        ``attacked`` (examples attacked at this eps) and ``gradient_evaluations``
+        (per-example forward+backward passes spent at this eps; None for attacks that do
+        not report it).
 
     Example:
         >>> robustness_curve(model, x, y, eps=[0.1, 0.2, 0.3], steps=10)   # doctest: +SKIP
         [{'eps': 0.1, 'accuracy': 0.93, ...}, {'eps': 0.2, ...}, {'eps': 0.3, ...}]
     """
-    check_inputs(x, y, what="robustness_curve")
+    data = as_data(x, y, "robustness_curve")
     eps_list = sorted(check_eps(e, "robustness_curve") for e in eps)
     if not eps_list:
         raise RobustkitError("robustness_curve: eps must hold at least one value")
     check_positive_int(batch_size, "robustness_curve", "batch_size")
     s = check_options(attack, attack_kwargs, grid=True, what="robustness_curve")
-    model_contract(model, x, "robustness_curve")
-    correct = predict(model, x).argmax(1) == y.cpu()  # (N,) wrong when clean: never robust
     if s.kind == "registered" and s.name in ("pgd", "bim"):
-        extra = sorted(set(attack_kwargs) - {"steps", "alpha", "norm", "random_start",
-                                              "targeted"})
-        if extra:
-            raise RobustkitError(
-                f"robustness_curve: the {s.name} curve takes steps, alpha, norm, "
-                f"random_start and targeted; not {', '.join(extra)} (seed is its own "
-                f"argument)")
-        return _bisection_curve(model, x, y, correct, eps_list, s.name, batch_size, seed,
-                                progress, **attack_kwargs)
-    run = bind(attack, model, attack_kwargs, eps=eps_list[0], defaults={"seed": seed},
-               what="robustness_curve")
-    robust = correct.clone()
+        return _bisection_curve(model, data, eps_list, s, batch_size, seed, progress,
+                                attack_kwargs)
+    run = bind(attack, model, attack_kwargs, eps=eps_list[0], what="robustness_curve",
+               defaults={} if seed is None else {"seed": seed})
+    base = outcomes(data, {"model": model}, None, batch_size=batch_size,
+                    what="robustness_curve")
+    clean = base.clean["model"].float().mean().item()
+    warn_if_near_chance(clean, _num_classes(model, base), len(base.index), "robustness_curve")
+    robust = torch.zeros(int(base.index.max()) + 1, dtype=torch.bool)  # by global index
+    robust[base.index] = base.clean["model"]
     records = []
     bar = tqdm(total=len(eps_list), disable=not progress, unit="eps", desc="curve", leave=False)
     try:
         for e in eps_list:
-            idx = robust.nonzero().squeeze(1)
-            if len(idx):
-                robust[idx] = attack_outcomes(model, x[idx], y[idx], run.at(e), batch_size,
-                                              progress=False)["model"]
-            records.append({"eps": e, "accuracy": robust.float().mean().item(),
-                            "attacked": int(len(idx)), "gradient_evaluations": None})
+            attacked = int(robust.sum())
+            if attacked:
+                out = outcomes(data, {"model": model}, run.at(e), batch_size=batch_size,
+                               what="robustness_curve", only=robust.clone(), clean=False)
+                robust[out.index] &= out.adv["model"]
+            records.append({"eps": e, "accuracy": robust[base.index].float().mean().item(),
+                            "clean_accuracy": clean, "attacked": attacked,
+                            "gradient_evaluations": None})
             bar.update()
     finally:
         bar.close()
     return records
 
 
-def _bisection_curve(model: nn.Module, x: Tensor, y: Tensor, correct: Tensor,
-                     eps_list: list[float], attack: str, batch_size: int, seed: int | None,
-                     progress: bool, *, steps: int = 10, alpha: float | None = None,
-                     norm: str = "linf", random_start: bool | None = None,
-                     targeted: bool = False) -> list[dict[str, Any]]:
-    check_positive_int(steps, "robustness_curve", "steps")
-    check_positive_int(batch_size, "robustness_curve", "batch_size")
-    if alpha is not None:
-        check_eps(alpha, "robustness_curve", "alpha")
-    tm = threat_model(norm, "robustness_curve")
-    if random_start is None:
-        random_start = attack == "pgd"
-    dev = model_device(model, x)
-    gen = generator(seed)
-    g = len(eps_list)
-    grid = torch.tensor(eps_list, dtype=x.dtype)
-    n = len(x)
-    # Per example: robust at grid[:lo + 1], fooled at grid[hi:]; open while hi - lo > 1.
-    lo = torch.full((n,), -1, dtype=torch.long)
-    hi = torch.full((n,), g, dtype=torch.long)
-    hi[~correct] = 0
-    attacked = torch.zeros(g, dtype=torch.long)
-    spent_at = torch.zeros(g, dtype=torch.long)
-    rounds = max(1, math.ceil(math.log2(g + 1)))
-    # One unit-ball noise per example, drawn as a single run of the attack would draw it
-    # for the whole batch: every probe of example i at eps e then starts where that run
-    # at e starts, so the curve differs from the per-eps loop only where early stopping
-    # or an example's non-monotone fate across eps does.
-    unit = tm.unit_noise(x.shape, x, gen) if random_start else None  # (N, C, H, W)
-    bar = tqdm(total=rounds, disable=not progress, unit="round", desc="curve", leave=False)
+def _bisection_curve(model: nn.Module, data: Data, eps_list: list[float], s: AttackSpec,
+                     batch_size: int, seed: int | None, progress: bool,
+                     options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pgd/bim curve by per-example bisection over the grid, batch by batch (each
+    example's bisection is its own, so batching and sharding change nothing)."""
+    extra = sorted(set(options) - {"steps", "alpha", "norm", "random_start", "targeted"})
+    if extra:
+        raise RobustkitError(
+            f"robustness_curve: the {s.name} curve takes steps, alpha, norm, random_start "
+            f"and targeted; not {', '.join(extra)} (seed is its own argument)")
+    opts = {"steps": 10, "alpha": None, "norm": "linf", "random_start": s.name == "pgd",
+            "targeted": False, **options}
+    check_positive_int(opts["steps"], "robustness_curve", "steps")
+    if opts["alpha"] is not None:
+        check_eps(opts["alpha"], "robustness_curve", "alpha")
+    tm = threat_model(opts["norm"], "robustness_curve")
+    grid = torch.tensor(eps_list)
+    total = size(data)
+    shard = current_shard()
+    bar = tqdm(total=None if total is None else len(range(shard.rank, total, shard.world)),
+               disable=not progress, unit="img", desc="curve", leave=False)
+    records: dict[str, list[Tensor]] = {"index": [], "lo": [], "clean": [], "probes": [],
+                                        "spent": []}
+    first = True
     try:
         with borrowed(model, "robustness_curve", fast_layout=True):
-            check_labels(y, model_contract(model, x, "robustness_curve"), "robustness_curve")
-            while True:
-                idx = (hi - lo > 1).nonzero().squeeze(1)
-                if len(idx) == 0:
-                    break
-                mid = (lo[idx] + hi[idx]) // 2  # (M,) grid index probed per example
-                for i in range(0, len(idx), batch_size):
-                    b, mb = idx[i:i + batch_size], mid[i:i + batch_size]
-                    xb, yb = x[b].to(dev), y[b].to(dev)
-                    e = grid[mb].to(dev).view(-1, 1, 1, 1)  # (B, 1, 1, 1): own eps each
-                    a = e * 2.5 / steps if alpha is None else torch.full_like(e, alpha)
-                    start = tm.start_from(xb, unit[b].to(dev), e) if unit is not None else xb
-                    spent = torch.zeros(len(b), dtype=torch.long, device=dev)
-                    _, success = iterate(model, xb, yb, start, threat=tm, eps=e, alpha=a,
-                                         steps=steps, targeted=targeted, early_stop=True,
-                                         spent=spent)
-                    assert success is not None  # early_stop=True returns the success mask
-                    hit = success.cpu()
-                    hi[b[hit]] = mb[hit]
-                    lo[b[~hit]] = mb[~hit]
-                    attacked.index_add_(0, mb, torch.ones_like(mb))
-                    spent_at.index_add_(0, mb, spent.cpu())
-                bar.update()
+            for b in batches(data, batch_size, shard=shard, what="robustness_curve"):
+                y = b.y.long()
+                if first:
+                    check_labels(y, model_contract(model, b.x, "robustness_curve"),
+                                 "robustness_curve")
+                    first = False
+                for k, v in _bisect_batch(model, b.x, y, b.index, grid, tm, seed,
+                                          opts).items():
+                    records[k].append(v)
+                bar.update(len(y))
     finally:
         bar.close()
-    return [{"eps": e, "accuracy": (lo >= k).float().mean().item(),
-             "attacked": int(attacked[k]), "gradient_evaluations": int(spent_at[k])}
+    joined = gather({k: torch.cat(v) if v else torch.empty(0) for k, v in records.items()})
+    n = len(joined["index"])
+    if n == 0:
+        raise RobustkitError("robustness_curve: the data holds no examples")
+    clean = joined["clean"].float().mean().item()
+    spec = getattr(model, "robustkit_spec", None)
+    warn_if_near_chance(clean, int(spec["num_classes"]) if spec else 10, n, "robustness_curve")
+    return [{"eps": e, "accuracy": (joined["lo"] >= k).float().mean().item(),
+             "clean_accuracy": clean, "attacked": int(joined["probes"][:, k].sum()),
+             "gradient_evaluations": int(joined["spent"][:, k].sum())}
             for k, e in enumerate(eps_list)]
 
 
-def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
+def _bisect_batch(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, grid: Tensor,
+                  tm: Any, seed: int | None, opts: dict[str, Any]) -> dict[str, Tensor]:
+    """One batch's bisection: per example, the largest grid index it resists (``lo``, -1
+    when none), whether it was right clean, and the probes and passes spent per grid point."""
+    dev = model_device(model, x)
+    xb = x.to(dev, dtype=model_dtype(model) or x.dtype)
+    yb = y.to(dev)
+    n, g = len(y), len(grid)
+    with torch.no_grad():
+        correct = (model(xb).argmax(1) == yb).cpu()  # (B,)
+    lo = torch.full((n,), -1, dtype=torch.long)
+    hi = torch.full((n,), g, dtype=torch.long)
+    hi[~correct] = 0
+    probes = torch.zeros(n, g, dtype=torch.long)
+    spent_at = torch.zeros(n, g, dtype=torch.long)
+    # One unit-ball noise per example from its own stream: every probe of example i at
+    # eps e starts where a separate run at e starts, whatever batch or rank it is in.
+    draws = ExampleSeeds(seed, index) if seed is not None else generator(None)
+    unit = tm.unit_noise(xb.shape, xb, draws) if opts["random_start"] else None
+    steps, alpha = opts["steps"], opts["alpha"]
+    while True:
+        idx = (hi - lo > 1).nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        mid = (lo[idx] + hi[idx]) // 2  # (M,) grid index probed per example
+        e = grid[mid].to(dev, xb.dtype).view(-1, 1, 1, 1)  # (M, 1, 1, 1): own eps each
+        a = e * 2.5 / steps if alpha is None else torch.full_like(e, alpha)
+        xs = xb[idx.to(dev)]
+        start = tm.start_from(xs, unit[idx.to(dev)], e) if unit is not None else xs
+        spent = torch.zeros(len(idx), dtype=torch.long, device=dev)
+        _, success = iterate(model, xs, yb[idx.to(dev)], start, threat=tm, eps=e, alpha=a,
+                             steps=steps, targeted=opts["targeted"], early_stop=True,
+                             spent=spent)
+        assert success is not None  # early_stop=True returns the success mask
+        hit = success.cpu()
+        hi[idx[hit]] = mid[hit]
+        lo[idx[~hit]] = mid[~hit]
+        probes[idx, mid] += 1
+        spent_at[idx, mid] += spent.cpu()
+    return {"index": index, "lo": lo, "clean": correct, "probes": probes, "spent": spent_at}
+
+
+def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None, *,
+                    eps: float = 0.3,
                     norm: str = "linf", steps: int = 20, large_eps: float | None = None,
                     transfer_from: nn.Module | None = None, seed: int = 0,
                     batch_size: int = 500, progress: bool = True) -> dict[str, Any]:
@@ -293,46 +376,45 @@ def validity_checks(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.3,
         ``{"passed": bool, "checks": [{"name", "passed", "detail", ...numbers}]}``;
         ``passed`` is True when every check that ran passed.
     """
-    check_inputs(x, y, what="validity_checks")
+    data = as_data(x, y, "validity_checks")
     eps = check_eps(eps, "validity_checks")
     threat_model(norm, "validity_checks")  # refuse an unknown norm before any work
     large_eps = check_eps((0.5 if norm == "linf" else 10.0) if large_eps is None else large_eps,
                           "validity_checks", "large_eps")
     check_positive_int(steps, "validity_checks", "steps")
     check_positive_int(batch_size, "validity_checks", "batch_size")
-    model_contract(model, x, "validity_checks")
-    pgd_kw: dict[str, Any] = {"norm": norm, "seed": seed, "eps": eps}
+    pgd_kw: dict[str, Any] = {"norm": norm, "eps": eps}
 
-    def acc(attack: str, **kw: Any) -> float:  # robust accuracy, and one tick of the bar
+    def run(attack: Any, source: nn.Module = model, **kw: Any) -> Outcomes:
         bar.update()
-        return robust_accuracy(model, x, y, attack, batch_size=batch_size, progress=False, **kw)
+        bound = attack if isinstance(attack, BoundAttack) else _bound(
+            source, attack, kw, "validity_checks", seed)
+        return outcomes(data, {"model": model}, bound, batch_size=batch_size,
+                        what="validity_checks")
 
-    bar = tqdm(total=7, disable=not progress, desc="validity checks", leave=False)
+    bar = tqdm(total=6, disable=not progress, desc="validity checks", leave=False)
     try:
-        correct = predict(model, x).argmax(1) == y.cpu()  # (N,)
-        pgd_ok = correct & attack_outcomes(model, x, y, "pgd", batch_size, progress=False,
-                                           steps=steps, **pgd_kw)["model"]  # (N,)
-        pgd_acc = float(pgd_ok.float().mean())
-        single = (acc("fgsm", eps=eps) if norm == "linf" else
-                  acc("pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm))
-        pgd_double = acc("pgd", steps=2 * steps, **pgd_kw)
+        pgd = run("pgd", steps=steps, **pgd_kw)
+        correct, pgd_ok = pgd.clean["model"], pgd.robust("model")  # (N,) each
+        single = run("fgsm", eps=eps) if norm == "linf" else run(
+            "pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm)
+        pgd_double = run("pgd", steps=2 * steps, **pgd_kw)
         grid = sorted({eps / 4, eps / 2, eps, 2 * eps, large_eps})
-        curve = robustness_curve(model, x, y, attack="pgd", eps=grid, steps=steps, norm=norm,
+        curve = robustness_curve(model, data, attack="pgd", eps=grid, steps=steps, norm=norm,
                                  seed=seed, progress=False, batch_size=batch_size)
         curve_acc = [r["accuracy"] for r in curve]  # sorted by eps, like grid
-        bar.update(3)
-        x_noise = _noise_at_radius(x, eps, norm, generator(seed))
-        noise_ok = correct & (predict(model, x_noise).argmax(1) == y.cpu())  # (N,)
+        noise_ok = run(_noise(model, eps, norm, seed)).robust("model")  # (N,)
         transfer_acc = None
         if transfer_from is not None:
-            tr_ok = attack_outcomes(transfer_from, x, y, "pgd", batch_size, progress=False,
-                                    scorers={"model": model}, steps=steps, **pgd_kw)["model"]
-            transfer_acc = float((correct & tr_ok).float().mean())
-        bar.update(2)
+            tr = run("pgd", source=transfer_from, steps=steps, **pgd_kw)
+            transfer_acc = float(tr.robust("model").float().mean())
     finally:
         bar.close()
-    checks = _verdicts(pgd_acc=pgd_acc, single=single, pgd_double=pgd_double, grid=grid,
-                       curve_acc=curve_acc, large_eps=large_eps, pgd_ok=pgd_ok,
+    pgd_acc = float(pgd_ok.float().mean())
+    warn_if_near_chance(float(correct.float().mean()), _num_classes(model, pgd), len(correct),
+                        "validity_checks")
+    checks = _verdicts(pgd_acc=pgd_acc, single=_mean(single), pgd_double=_mean(pgd_double),
+                       grid=grid, curve_acc=curve_acc, large_eps=large_eps, pgd_ok=pgd_ok,
                        noise_ok=noise_ok, transfer_acc=transfer_acc, steps=steps,
                        noise=f"random {norm} noise of size {eps:g}")
     ran = [c["passed"] for c in checks if c["passed"] is not None]
@@ -395,18 +477,37 @@ def _beats_random_noise(pgd_ok: Tensor, noise_ok: Tensor, noise: str,
                       f"{100 * max_share:g}% allowed) that PGD did not"}
 
 
-def _noise_at_radius(x: Tensor, eps: float, norm: str, gen: torch.Generator | None) -> Tensor:
+def _mean(out: Outcomes) -> float:
+    return float(out.robust("model").float().mean())
+
+
+def _noise(model: nn.Module, eps: float, norm: str, seed: int) -> BoundAttack:
+    """Random noise of size eps as an attack: each example's noise from its own stream."""
+    spec = AttackSpec(f"random {norm} noise", "registered", _noise_at_radius,
+                      frozenset({"norm", "seed"}), True)
+    return BoundAttack(spec, model, {"norm": norm, "seed": seed}, eps, "validity_checks")
+
+
+def _noise_at_radius(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str,
+                     seed: int | ExampleSeeds | None) -> Tensor:
     """Random perturbations of exactly size eps (before the [0, 1] clip): signs for Linf,
     a uniform direction for L2."""
+    draws = generator(seed)
     if norm == "linf":
-        signs = torch.randint(0, 2, x.shape, generator=gen, dtype=torch.int8).to(x.dtype) * 2 - 1
-        return (x + eps * signs).clamp(0, 1)
-    direction = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        u = (draws.rand(x.shape, x.dtype) if isinstance(draws, ExampleSeeds)
+             else torch.rand(x.shape, generator=draws, dtype=x.dtype))
+        signs = (u < 0.5).to(x.dtype) * 2 - 1
+        return check_result((x + eps * signs).clamp(0, 1), x, eps=eps, norm=norm,
+                            what="random noise")
+    direction = (draws.randn(x.shape, x.dtype) if isinstance(draws, ExampleSeeds)
+                 else torch.randn(x.shape, generator=draws, dtype=x.dtype))
     direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return (x + eps * direction).clamp(0, 1)
+    return check_result((x + eps * direction).clamp(0, 1), x, eps=eps, norm=norm,
+                        what="random noise")
 
 
-def minimal_table(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "l2",
+def minimal_table(model: nn.Module, x: Tensor | Data, y: Tensor | None = None, *,
+                  norm: str = "l2",
                   steps: int = 200, batch_size: int = 1000, progress: bool = True
                   ) -> dict[str, Any]:
     """Median smallest perturbation turning images of each class into each other class.
@@ -426,8 +527,11 @@ def minimal_table(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "l2",
     """
     from robustkit.attacks import minimal_targeted
 
+    # Every (image, target) pair is attacked: a table over a few hundred images at most,
+    # so the data is gathered into tensors.
+    x, y = as_tensors(as_data(x, y, "minimal_table"), "minimal_table")
     check_inputs(x, y, what="minimal_table")
-    k = predict(model, x[:1]).shape[1]
+    k = model_contract(model, x, "minimal_table")
     check_labels(y, k, "minimal_table")
     # Every (image, target != label) pair: image index repeated k - 1 times.
     targets = torch.arange(k).repeat(len(y), 1)  # (N, K)

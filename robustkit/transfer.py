@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from robustkit.attacks.binding import bind, check_options
-from robustkit.core import check_eps, check_inputs, model_contract, predict
+from robustkit.core import check_eps, model_contract
 from robustkit.errors import RobustkitError
-from robustkit.evaluate import attack_outcomes
+from robustkit.core.stream import batches
+from robustkit.outcomes import as_data, outcomes
 
 Tensor = torch.Tensor
 
@@ -91,7 +92,7 @@ class TransferResult(dict):
 
 
 def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
-                    x: Tensor, y: Tensor, *, attack: Any = "pgd",
+                    x: Any, y: Tensor | None = None, *, attack: Any = "pgd",
                     eps: float | Sequence[float], batch_size: int = 500,
                     progress: bool = True, seed: int | None = None, **attack_kwargs: Any
                     ) -> TransferResult | dict[float, TransferResult]:
@@ -108,7 +109,9 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
     Args:
         sources, targets: non-empty name -> model mappings; all models must accept ``x``
             and return the same number of logits.
-        x: images (N, C, H, W) in [0, 1]; y: true labels (N,).
+        x: images (N, C, H, W) in [0, 1] with true labels ``y`` (N,); or a Dataset or a
+            DataLoader of ``(x, y)`` (then no ``y``). Streamed batch by batch; inside a
+            process group each rank attacks its shard.
         attack: a registered name, ``module:function``, a function ``(model, x, y, **kw)``
             or a torchattacks object (its copy is set to each source).
         eps: one radius, or a list (then one result per eps).
@@ -121,7 +124,7 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
         A :class:`TransferResult` (a ``dict[str, dict[str, float]]`` with per-example
         records), or ``{eps: TransferResult}`` when ``eps`` is a list.
     """
-    check_inputs(x, y, what="transfer_matrix")
+    data = as_data(x, y, "transfer_matrix")
     if not sources or not targets:
         raise RobustkitError("transfer_matrix needs at least one source and one target")
     eps_list = [check_eps(e, "transfer_matrix") for e in
@@ -131,21 +134,25 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
     check_options(attack, attack_kwargs, grid=True, what="transfer_matrix")
     models = {**{f"source {k}": m for k, m in sources.items()},
               **{f"target {k}": m for k, m in targets.items()}}
-    _check_compatible(models, x)
+    first_batch = next(batches(data, 2, what="transfer_matrix"), None)
+    if first_batch is None:
+        raise RobustkitError("transfer_matrix: the data holds no examples")
+    _check_compatible(models, first_batch.x)
     first = next(iter(sources.values()))
     bound = bind(attack, first, attack_kwargs, eps=eps_list[0], what="transfer_matrix",
                  defaults={} if seed is None else {"seed": seed})
-    y_cpu = y.cpu()
-    correct = {name: predict(m, x).argmax(1) == y_cpu
-               for name, m in {**sources, **targets}.items()}
+    clean = outcomes(data, {**sources, **targets}, None, batch_size=batch_size,
+                     what="transfer_matrix")
+    correct = clean.clean  # name -> (N,) bool, in example order
     results = {}
     for e in eps_list:
         result = TransferResult(e)
         result.correct = correct
         result.options = dict(bound.options)
         for s_name, source in sources.items():
-            adv_ok = attack_outcomes(source, x, y, bound.on(source).at(e), batch_size,
-                                     progress, scorers=dict(targets))  # {target: (N,)}
+            adv_ok = outcomes(data, dict(targets), bound.on(source).at(e),
+                              batch_size=batch_size, progress=progress,
+                              what="transfer_matrix", clean=False).adv  # {target: (N,)}
             result[s_name], result.success[s_name], result.fooled[s_name] = {}, {}, {}
             for t_name in targets:
                 robust = correct[t_name] & adv_ok[t_name]

@@ -18,6 +18,7 @@ from torch import nn
 from robustkit.attacks.threat import THREATS, ThreatModel, flat_norm
 from robustkit.core import (borrowed, check_eps, check_inputs, check_labels,
                             check_positive_int, model_contract, model_device, model_dtype)
+from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
@@ -52,7 +53,8 @@ def check_value(key: str, value: Any, what: str) -> None:
     if key == "norm" and value not in THREATS:
         raise RobustkitError(
             f"{what}: norm must be one of {', '.join(THREATS.names())}, got {value!r}")
-    if key == "seed" and not (number and isinstance(value, int)):
+    if key == "seed" and not (number and isinstance(value, int)) \
+            and not isinstance(value, ExampleSeeds):
         raise RobustkitError(f"{what}: seed must be an integer, got {value!r}")
 
 
@@ -158,9 +160,13 @@ def per_example(value: float | Tensor, n: int, like: Tensor) -> Tensor:
     return t.reshape(n, *([1] * (like.ndim - 1)))
 
 
-def generator(seed: int | None) -> torch.Generator | None:
-    """A CPU generator seeded with ``seed``, or None (the global RNG) when seed is None."""
-    return None if seed is None else torch.Generator().manual_seed(int(seed))
+def generator(seed: int | ExampleSeeds | None) -> torch.Generator | ExampleSeeds | None:
+    """Where an attack's random draws come from: a CPU generator seeded with ``seed``; the
+    per-example streams themselves when ``seed`` is :class:`ExampleSeeds` (evaluations
+    seed each example by its global index); None (the global RNG) when seed is None."""
+    if seed is None or isinstance(seed, ExampleSeeds):
+        return seed
+    return torch.Generator().manual_seed(int(seed))
 
 
 __all__ = ["TOLERANCE", "borrowed", "check_eps", "check_inputs", "check_labels",

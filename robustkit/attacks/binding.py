@@ -39,6 +39,7 @@ from torch import nn
 
 from robustkit.attacks.base import check_result, check_value
 from robustkit.core import check_inputs, model_contract
+from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
 from robustkit.registry import Registry
 
@@ -238,9 +239,20 @@ class BoundAttack:
         """The options as a record stores them: with eps where the attack took one."""
         return {**self.options, **({"eps": self.eps} if self.eps is not None else {})}
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Tensor:
+        """The adversarial examples of ``x`` (B, C, H, W) with labels ``y`` (B,).
+
+        ``index`` (B,): the examples' global indices. Given, a robustkit attack with an
+        integer ``seed`` draws each example's randomness from a stream seeded by the seed
+        and its index (:class:`~robustkit.core.seeding.ExampleSeeds`), so the result does
+        not depend on the batch size or on the number of processes.
+        """
         kind = self.spec.kind
         kw = self.record_options()
+        seed = kw.get("seed")
+        if index is not None and kind == "registered" and isinstance(seed, int) \
+                and not isinstance(seed, bool):
+            kw["seed"] = ExampleSeeds(seed, index)
         if kind == "registered":  # robustkit's attacks check inputs, model and result
             return self.spec.target(self.model, x, y, **kw)
         check_inputs(x, y, what=self.what)

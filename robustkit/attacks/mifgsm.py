@@ -9,21 +9,28 @@ from torch import nn
 from robustkit.attacks.base import (borrowed, check_eps, check_result,
                                     check_values,
                                     generator, per_example, prepare)
+from robustkit.core.seeding import ExampleSeeds
 from robustkit.attacks.threat import THREATS, flat_norm
 
 Tensor = torch.Tensor
 
 
-def diverse_inputs(x: Tensor, prob: float, scale: float, gen: torch.Generator | None) -> Tensor:
+def diverse_inputs(x: Tensor, prob: float, scale: float,
+                   gen: torch.Generator | ExampleSeeds | None) -> Tensor:
     """Input diversity: with probability ``prob``, shrink the batch to a random size in
     [(1 - scale) H, H] and zero-pad it back to H x W at a random offset.
 
     Xie et al. use resize-then-pad to a larger canvas, which needs a model that accepts
-    any size; shrinking keeps the input size, so fixed-size models work too.
+    any size; shrinking keeps the input size, so fixed-size models work too. With
+    :class:`ExampleSeeds` each example draws its own transform from its own stream (the
+    result does not depend on the batch it is in).
 
     Args:
         x: (N, C, H, W).
     """
+    if isinstance(gen, ExampleSeeds):
+        return torch.cat([diverse_inputs(x[i:i + 1], prob, scale, g)
+                          for i, g in enumerate(gen.generators)])
     if prob <= 0 or torch.rand((), generator=gen).item() >= prob:
         return x
     n, c, h, w = x.shape
@@ -40,7 +47,8 @@ def diverse_inputs(x: Tensor, prob: float, scale: float, gen: torch.Generator | 
 
 def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
            steps: int = 10, decay: float = 1.0, diversity_prob: float = 0.0,
-           diversity_scale: float = 0.1, targeted: bool = False, seed: int | None = None
+           diversity_scale: float = 0.1, targeted: bool = False,
+           seed: int | ExampleSeeds | None = None
            ) -> Tensor:
     """MI-FGSM: Linf iterative steps along the sign of an accumulated, L1-normalized gradient.
 
@@ -58,7 +66,8 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
         decay: momentum factor mu (1.0 in the paper).
         diversity_prob: probability of transforming the input at each step (0.5 in Xie et al.).
         diversity_scale: largest relative shrink of the diverse input.
-        seed: seeds the input-diversity draws.
+        seed: seeds the input-diversity draws (an :class:`ExampleSeeds`: each example
+            from its own stream).
 
     Returns:
         Adversarial images (N, C, H, W) inside the Linf eps-ball and [0, 1].

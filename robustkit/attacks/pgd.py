@@ -10,6 +10,7 @@ from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, che
                                     check_values,
                                     fooled, generator, input_grad, per_example, prepare,
                                     threat_model)
+from robustkit.core.seeding import ExampleSeeds
 from robustkit.attacks.threat import ThreatModel
 
 Tensor = torch.Tensor
@@ -66,7 +67,7 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
         steps: int = 40, norm: str = "linf", random_start: bool = True, restarts: int = 1,
-        targeted: bool = False, seed: int | None = None) -> Tensor:
+        targeted: bool = False, seed: int | ExampleSeeds | None = None) -> Tensor:
     """Projected gradient descent on the cross-entropy loss, with random restarts.
 
     Madry, Makelov, Schmidt, Tsipras and Vladu 2017, "Towards Deep Learning Models
@@ -84,7 +85,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
         restarts: independent runs; each example keeps its worst case (fooled if any run
             fooled it, else the run with the highest loss).
         targeted: descend towards ``y``.
-        seed: seeds the random starts (None: the global RNG).
+        seed: seeds the random starts (None: the global RNG; an :class:`ExampleSeeds`:
+            each example from its own stream, so the result does not depend on the batch).
 
     Returns:
         Adversarial images (N, C, H, W) inside the eps-ball and [0, 1].

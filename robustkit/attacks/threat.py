@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
+from robustkit.core.seeding import ExampleSeeds
 from robustkit.registry import Registry
 
 Tensor = torch.Tensor
+#: Where random draws come from: one generator for the batch, one per example, or the
+#: global generator (None).
+Draws = torch.Generator | ExampleSeeds | None
 
 
 def flat_norm(t: Tensor, p: float) -> Tensor:
@@ -55,11 +59,11 @@ class ThreatModel:
 
     name: str
     p: float
-    unit_noise: Callable[[torch.Size, Tensor, torch.Generator | None], Tensor]
+    unit_noise: Callable[[torch.Size, Tensor, Draws], Tensor]
     step: Callable[[Tensor, Tensor, Tensor], Tensor]
     project: Callable[[Tensor, Tensor, Tensor], Tensor]
 
-    def random_start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+    def random_start(self, x: Tensor, eps: Tensor, generator: Draws) -> Tensor:
         """A uniformly random point of the eps-ball around ``x`` (N, C, H, W), inside [0, 1]."""
         return self.start_from(x, self.unit_noise(x.shape, x, generator), eps)
 
@@ -72,18 +76,22 @@ class ThreatModel:
         return flat_norm(delta, self.p)
 
 
-def _rand(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _rand(shape: torch.Size, like: Tensor, generator: Draws) -> Tensor:
     # Drawn on the CPU generator, then moved: the same seed gives the same start on any device.
+    if isinstance(generator, ExampleSeeds):  # each example from its own stream
+        return generator.rand(shape, dtype=like.dtype).to(like.device)
     return torch.rand(shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
-def _randn(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _randn(shape: torch.Size, like: Tensor, generator: Draws) -> Tensor:
+    if isinstance(generator, ExampleSeeds):
+        return generator.randn(shape, dtype=like.dtype).to(like.device)
     return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
 # ----------------------------------------------------------------------------- Linf
 
-def _linf_unit(shape: torch.Size, like: Tensor, gen: torch.Generator | None) -> Tensor:
+def _linf_unit(shape: torch.Size, like: Tensor, gen: Draws) -> Tensor:
     return _rand(shape, like, gen).mul_(2).sub_(1)  # U(-1, 1): uniform in the unit Linf ball
 
 
@@ -97,7 +105,7 @@ def _linf_project(x_adv: Tensor, x: Tensor, eps: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- L2
 
-def _l2_unit(shape: torch.Size, like: Tensor, gen: torch.Generator | None) -> Tensor:
+def _l2_unit(shape: torch.Size, like: Tensor, gen: Draws) -> Tensor:
     # Uniform in the unit L2 ball: a Gaussian direction, radius U^(1/d).
     direction = _randn(shape, like, gen)
     direction = direction / _view(flat_norm(direction, 2).clamp_min(1e-12), direction)

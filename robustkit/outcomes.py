@@ -1,0 +1,172 @@
+"""Per-example outcomes of an attack over data of any size: the loop every evaluation shares.
+
+:func:`outcomes` walks the data batch by batch (:func:`robustkit.core.stream.batches`),
+checks each batch, scores the clean images, attacks them with a bound attack (each
+example's randomness seeded by its global index), scores the adversarial images on every
+scorer, and drops them: memory stays proportional to the batch. Inside a process group
+each rank takes its shard of the examples and the records of every rank are gathered, in
+example order (:mod:`robustkit.core.distributed`).
+
+Example:
+    >>> out = outcomes((x, y), {"model": model}, bind("pgd", model, eps=0.3))  # doctest: +SKIP
+    >>> out.robust("model").float().mean()                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustkit.attacks.binding import BoundAttack
+from robustkit.core import check_inputs, check_labels, model_contract, predict
+from robustkit.core.distributed import current_shard, gather
+from robustkit.core.stream import Data, batches, is_tensor_pair, size
+from robustkit.errors import RobustkitError
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Outcomes:
+    """What happened to each example, in example order.
+
+    Attributes:
+        index: (N,) global indices, ascending.
+        label: (N,) labels.
+        clean: scorer name -> (N,) bool: the scorer labels the clean image correctly.
+        adv: scorer name -> (N,) bool: the scorer labels the adversarial image correctly
+            (the clean outcome where the example was not attacked).
+        attacked: (N,) bool: the attack ran on the example.
+    """
+
+    index: Tensor
+    label: Tensor
+    clean: dict[str, Tensor] = field(default_factory=dict)
+    adv: dict[str, Tensor] = field(default_factory=dict)
+    attacked: Tensor | None = None
+
+    def robust(self, name: str) -> Tensor:
+        """(N,) bool: correct both clean and attacked (never more than clean accuracy)."""
+        return self.clean[name] & self.adv[name]
+
+
+def as_data(x: object, y: object, what: str) -> Data:
+    """``(x, y)`` when ``x`` is a tensor of images; else ``x`` itself (a Dataset or a
+    DataLoader), which carries its labels, so ``y`` must be None."""
+    if isinstance(x, torch.Tensor):
+        if not isinstance(y, torch.Tensor):
+            raise RobustkitError(f"{what}: y must be a tensor of labels, got "
+                                 f"{type(y).__name__} (with a Dataset or DataLoader, pass "
+                                 f"it as x and the attack by keyword)")
+        check_inputs(x, y, what=what)
+        return (x, y)
+    if y is not None:
+        raise RobustkitError(f"{what}: a Dataset or DataLoader carries its labels; give no y "
+                             f"(got {type(y).__name__}; pass the attack by keyword)")
+    return x
+
+
+def _checked(models: Mapping[str, nn.Module], xb: Tensor, yb: Tensor, what: str) -> None:
+    """The model contract of every model on the first batch, and its labels."""
+    for name, model in models.items():
+        k = model_contract(model, xb, f"{what}: {name}" if len(models) > 1 else what)
+        check_labels(yb, k, what)
+
+
+def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack | None = None,
+             *, batch_size: int = 500, progress: bool = False, what: str = "evaluate",
+             only: Tensor | Callable[[Tensor], Tensor] | None = None, clean: bool = True
+             ) -> Outcomes:
+    """Score ``data`` clean and under ``attack`` on every scorer, batch by batch.
+
+    Args:
+        data: ``(x, y)`` tensors, a Dataset or a DataLoader (see
+            :func:`robustkit.core.stream.batches`); images in [0, 1].
+        scorers: name -> model whose accuracy is measured.
+        attack: a bound attack (its model is the one attacked), or None (clean only).
+        batch_size: the most images per attack call.
+        progress: show a progress bar.
+        what: the entry point, for messages.
+        only: attack only these examples: a bool mask (N,) by global index, or a function
+            of the batch's indices returning one; the others keep their clean outcome.
+        clean: also score the clean images (False: ``clean`` is empty).
+
+    Returns:
+        :class:`Outcomes`, gathered over every rank of a process group.
+    """
+    shard = current_shard()
+    total = size(data)
+    bar = tqdm(total=None if total is None else len(range(shard.rank, total, shard.world)),
+               disable=not progress, unit="img", desc=attack.name if attack else what,
+               leave=False)
+    # Every key from the start: a rank with no examples still sends each of them.
+    records: dict[str, list[Tensor]] = {"index": [], "label": [], "attacked": [],
+                                        **{f"clean:{n}": [] for n in scorers if clean},
+                                        **{f"adv:{n}": [] for n in scorers if attack}}
+    checked = False
+    try:
+        for b in batches(data, batch_size, shard=shard, what=what):
+            if not is_tensor_pair(data):  # tensors were checked whole, once
+                check_inputs(b.x, b.y, what=what)
+            y = b.y.long()
+            if not checked:
+                _checked({**scorers, **({"attacked model": attack.model}
+                                        if attack is not None and attack.model is not None
+                                        else {})}, b.x, y, what)
+                checked = True
+            _score_batch(records, scorers, attack, b.index, b.x, y, only, clean)
+            bar.update(len(y))
+    finally:
+        bar.close()
+    if not checked and not records["index"]:
+        if shard.world == 1:
+            raise RobustkitError(f"{what}: the data holds no examples")
+    joined = gather({k: torch.cat(v) if v else torch.empty(0, dtype=_dtype(k))
+                     for k, v in records.items()})
+    return Outcomes(joined["index"], joined["label"],
+                    {k[6:]: v for k, v in joined.items() if k.startswith("clean:")},
+                    {k[4:]: v for k, v in joined.items() if k.startswith("adv:")},
+                    joined["attacked"])
+
+
+def _dtype(key: str) -> torch.dtype:
+    return torch.long if key in ("index", "label") else torch.bool
+
+
+def _score_batch(records: dict[str, list[Tensor]], scorers: Mapping[str, nn.Module],
+                 attack: BoundAttack | None, index: Tensor, x: Tensor, y: Tensor,
+                 only: Tensor | Callable[[Tensor], Tensor] | None, clean: bool) -> None:
+    """Append one batch's records: clean and adversarial correctness per scorer."""
+    records["index"].append(index)
+    records["label"].append(y.cpu())
+    clean_ok = {}
+    for name, scorer in scorers.items():
+        clean_ok[name] = predict(scorer, x).argmax(1) == y.cpu()  # (B,)
+        if clean:
+            records[f"clean:{name}"].append(clean_ok[name])
+    if attack is None:
+        records["attacked"].append(torch.zeros(len(y), dtype=torch.bool))
+        return
+    if only is None:
+        mask = torch.ones(len(y), dtype=torch.bool)
+    elif callable(only):
+        mask = only(index)
+    else:
+        mask = only[index]
+    records["attacked"].append(mask)
+    adv_ok = {name: ok.clone() for name, ok in clean_ok.items()}
+    if mask.any():
+        sel = mask.nonzero().squeeze(1)
+        with warnings.catch_warnings():
+            # The model contract warned once for the first batch; not again per batch.
+            warnings.filterwarnings("ignore", message=".*look like probabilities.*")
+            x_adv = attack(x[sel], y[sel], index=index[sel])
+        for name, scorer in scorers.items():
+            adv_ok[name][sel] = predict(scorer, x_adv).argmax(1) == y[sel].cpu()
+    for name, ok in adv_ok.items():
+        records[f"adv:{name}"].append(ok)

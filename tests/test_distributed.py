@@ -1,0 +1,135 @@
+"""Evaluations under torch.distributed, for real: 2 processes with the gloo backend on this
+machine give bit-identical per-example results to 1 process.
+
+The test writes a script, launches it with ``python -m torch.distributed.run
+--nproc-per-node 2`` (torchrun), and compares what rank 0 saved with the same evaluations
+run here in one process. Each example's randomness follows its global index, so sharding
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from robustkit import evaluate, models, transfer
+from robustkit.attacks import bind
+from robustkit.outcomes import outcomes
+
+SCRIPT = textwrap.dedent("""
+    import sys, warnings
+    import torch
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[3])
+    from evaluations import evaluate_all
+    from robustkit import models
+
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    model = models.load(sys.argv[1])
+    data = torch.load(sys.argv[2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate_all(model, data["x"], data["y"])
+    result["world"] = dist.get_world_size()
+    if dist.get_rank() == 0:
+        torch.save(result, sys.argv[4])
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+EVALUATIONS = textwrap.dedent('''
+    import torch
+    from robustkit import evaluate, transfer
+    from robustkit.attacks import bind
+    from robustkit.outcomes import outcomes
+
+
+    def evaluate_all(model, x, y):
+        """The evaluations compared between 1 and 2 processes."""
+        run = bind("pgd", model, {"steps": 5}, eps=0.15, defaults={"seed": 3})
+        out = outcomes((x, y), {"model": model}, run, batch_size=16)
+        acc = evaluate.robust_accuracy(model, x, y, "pgd", eps=0.15, steps=5, seed=3,
+                                       batch_size=16, progress=False)
+        curve = evaluate.robustness_curve(model, x, y, eps=[0.05, 0.1, 0.2], steps=4,
+                                          batch_size=10, progress=False)
+        fgsm_curve = evaluate.robustness_curve(model, x, y, attack="fgsm", eps=[0.05, 0.2],
+                                               batch_size=10, progress=False)
+        m = transfer.transfer_matrix({"a": model}, {"a": model}, x, y, eps=[0.1], steps=3,
+                                     seed=1, batch_size=12, progress=False)
+        return {"index": out.index, "robust": out.robust("model"), "clean": out.clean["model"],
+                "accuracy": float(acc), "clean_accuracy": acc.clean_accuracy, "n": acc.n,
+                "curve": curve, "fgsm_curve": fgsm_curve,
+                "fooled": m[0.1].fooled["a"]["a"], "correct": m[0.1].correct["a"]}
+''')
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, trained_mlp, mnist_1000):
+    root = tmp_path_factory.mktemp("dist")
+    models_path = root / "m.pt"
+    # trained_mlp is a plain module made by models.create: save it as a checkpoint
+    models.save(trained_mlp, models_path)
+    x, y = mnist_1000["test"]
+    torch.save({"x": x[:77], "y": y[:77]}, root / "data.pt")  # odd N: uneven shards
+    (root / "evaluations.py").write_text(EVALUATIONS)
+    (root / "script.py").write_text(SCRIPT)
+    return root
+
+
+def _one_process(model, x, y):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluations", str(_one_process.path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return module.evaluate_all(model, x, y)
+
+
+def test_two_gloo_processes_match_one_process_bit_for_bit(setup, subprocess_env):
+    root = setup
+    out = root / "result.pt"
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", str(root / "script.py"), str(root / "m.pt"),
+           str(root / "data.pt"), str(root), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = torch.load(out)
+    assert two["world"] == 2
+    model = models.load(root / "m.pt")
+    data = torch.load(root / "data.pt")
+    _one_process.path = root / "evaluations.py"
+    one = _one_process(model, data["x"], data["y"])
+    assert torch.equal(one["index"], torch.arange(77)) and torch.equal(two["index"], one["index"])
+    for key in ("robust", "clean", "fooled", "correct"):
+        assert torch.equal(one[key], two[key]), key
+    for key in ("accuracy", "clean_accuracy", "n", "curve", "fgsm_curve"):
+        assert one[key] == two[key], key
+    assert one["accuracy"] <= one["clean_accuracy"]
+    # the attack did something: not every example survived it
+    assert (one["robust"] != one["clean"]).any()
+
+
+def test_outside_a_process_group_nothing_is_sharded(trained_mlp, mnist_1000):
+    x, y = mnist_1000["test"]
+    run = bind("fgsm", trained_mlp, eps=0.1)
+    out = outcomes((x[:20], y[:20]), {"model": trained_mlp}, run, batch_size=7)
+    assert torch.equal(out.index, torch.arange(20))
+    assert not torch.distributed.is_initialized()
+    assert os.environ.get("RANK") is None
+    # and the public functions agree with the outcomes
+    acc = evaluate.robust_accuracy(trained_mlp, x[:20], y[:20], "fgsm", eps=0.1,
+                                   progress=False)
+    assert float(acc) == out.robust("model").float().mean().item()
+    m = transfer.transfer_matrix({"a": trained_mlp}, {"a": trained_mlp}, x[:20], y[:20],
+                                 attack="fgsm", eps=0.1, progress=False)
+    assert m["a"]["a"] == float(acc)
