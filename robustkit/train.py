@@ -13,6 +13,31 @@ CPU with native bfloat16 (AVX512-BF16 or AMX) it autocasts to bfloat16, which ro
 doubles convolution throughput; elsewhere it trains in float32. On the CPU the same seed
 gives the same weights bit for bit.
 
+Data. :func:`fit` takes ``(x, y)`` tensors, a ``TensorDataset``, any map-style ``Dataset``
+of ``(image, label)`` or a ``DataLoader``:
+
+- Tensors (and a plain ``TensorDataset``) are checked whole before the first step and
+  train as they always have.
+- A ``Dataset`` is read one batch at a time: fit draws its order from ``seed`` as it does
+  for tensors (a Dataset holding the same tensors trains to the same weights and history,
+  bit for bit on the CPU) and collates its items with a ``DataLoader`` in this process
+  (pass a DataLoader for worker processes).
+- A ``DataLoader`` is iterated as given every epoch: its batch size, order and workers
+  are the user's (``batch_size`` is then unused), and ``sampler.set_epoch(epoch - 1)`` is
+  called when the sampler has it (a ``DistributedSampler``).
+- Streamed batches are checked as they are read, with the messages tensors get (the
+  spans quoted are the batch's): the first batch before the first step, a later bad
+  batch stops training there. Memory follows the batch, except the guard's held-out
+  images (``guard_size`` of them, read once; a DataLoader cannot give them, so the guard
+  is refused there) and, for a Dataset without a ``targets`` attribute, one pass that
+  reads its labels to stratify them.
+- Resuming is bit for bit with tensors and a Dataset. With a DataLoader it is bit for
+  bit when its order can be replayed: fit stores the state of the global generator
+  (which an unseeded ``shuffle=True`` draws from) and of the loader's own ``generator``;
+  a loader whose order comes from elsewhere must be seeded by the user. The resume
+  fingerprint tells data apart by its size and class (for a DataLoader also its number
+  of batches), not by its contents.
+
 Example:
     >>> from robustkit import data, models
     >>> x, y = data.load_tensors("mnist-5k")                     # doctest: +SKIP
@@ -35,24 +60,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-from torch.utils.data import TensorDataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler,
+                              SequentialSampler, Subset, TensorDataset, default_collate)
 from tqdm.auto import tqdm
 
 from robustkit import data, models, snapshot
 from robustkit.adversarial import (AdversarialLoss, Guard, adversarial_training, as_config,
                                    checkpoint_metadata, describe)
 from robustkit.config import AdversarialConfig, TrainConfig
+from robustkit.core import stream
 from robustkit.core import (accuracy_of, amp_dtype_for, check_inputs, check_labels,
                             check_positive_int, check_writable, model_contract, model_dtype,
-                            pick_device)
+                            pick_device, predict)
 from robustkit.errors import RobustkitError
 from robustkit.models.zoo import check_options
 
-Split = tuple[torch.Tensor, torch.Tensor] | TensorDataset
+#: What :func:`fit` trains and scores on: ``(x, y)`` tensors, a ``TensorDataset``, a
+#: map-style ``Dataset`` of ``(image, label)`` or a ``DataLoader`` of ``(x, y)`` batches.
+Split = tuple[torch.Tensor, torch.Tensor] | Dataset | DataLoader
 
 
 @dataclass
@@ -87,6 +116,19 @@ class History:
         return sum(e["seconds"] for e in self.epochs)
 
 
+def _accepted(what: str, split: object) -> str:
+    got = (f"a {type(split).__name__} of {len(split)}" if isinstance(split, (tuple, list))
+           else type(split).__name__)
+    return (f"{what} must be an (x, y) pair of tensors, a TensorDataset, a map-style Dataset "
+            f"of (image, label) or a DataLoader, got {got}")
+
+
+def _is_tensors(split: object) -> bool:
+    """Held whole as tensors (checked at once) rather than read batch by batch: a pair or
+    list, or a plain ``TensorDataset`` (a subclass may change its items, so it streams)."""
+    return isinstance(split, (tuple, list)) or type(split) is TensorDataset
+
+
 def _as_dataset(split: Split, what: str) -> TensorDataset:
     """``split`` as a ``TensorDataset`` of checked images (N, C, H, W) in [0, 1] and
     integer labels (N,); anything else is a :class:`RobustkitError` naming ``what``."""
@@ -96,7 +138,7 @@ def _as_dataset(split: Split, what: str) -> TensorDataset:
                                  f"{len(split.tensors)} tensors")
         split = split.tensors
     if not isinstance(split, (tuple, list)) or len(split) != 2:
-        raise RobustkitError(f"{what} must be an (x, y) pair of tensors or a TensorDataset")
+        raise RobustkitError(_accepted(what, split))
     x, y = split
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise RobustkitError(f"{what} must be (x, y) tensors")
@@ -109,6 +151,93 @@ def _as_dataset(split: Split, what: str) -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def _stream(split: Split, what: str) -> Dataset | DataLoader:
+    """A map-style Dataset or a DataLoader of known length, else a :class:`RobustkitError`."""
+    if isinstance(split, DataLoader):
+        try:
+            n = len(split)
+        except TypeError:
+            raise RobustkitError(
+                f"fit: {what}: a DataLoader of unknown length (an IterableDataset without "
+                f"__len__); fit needs the number of batches per epoch for its learning-rate "
+                f"schedule") from None
+    elif isinstance(split, Dataset) and not isinstance(split, IterableDataset) \
+            and hasattr(split, "__len__") and hasattr(split, "__getitem__"):
+        n = len(split)
+    elif isinstance(split, IterableDataset):
+        raise RobustkitError(f"fit: {what}: an IterableDataset has no order fit can draw; "
+                             f"pass it in a DataLoader")
+    else:
+        raise RobustkitError(_accepted(what, split))
+    if n == 0:
+        raise RobustkitError(f"{what} is empty")
+    return split
+
+
+def _pair(item: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch ``(x, y)`` from a Dataset or a DataLoader; labels become a tensor."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        got = (f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list))
+               else type(item).__name__)
+        raise RobustkitError(f"fit: {what}: the data must give (image, label) pairs, got {got}")
+    x, y = item
+    if not isinstance(x, torch.Tensor):
+        raise RobustkitError(
+            f"fit: {what}: images must be tensors in [0, 1], got {type(x).__name__} (a "
+            f"torchvision dataset needs transform=torchvision.transforms.ToTensor())")
+    return x, torch.as_tensor(y)
+
+
+def _first_batch(split: Dataset | DataLoader, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small first batch of ``split``, read cheaply: a Dataset's first item, or a
+    DataLoader's first item collated as the loader would (no workers started, no random
+    state drawn); a loader of another kind gives its first batch."""
+    if not isinstance(split, DataLoader):
+        item = split[0]
+        _pair(item, what)  # a clear message before collating it
+        return _pair(default_collate([item]), what)
+    sampler = split.sampler
+    if split.batch_sampler is not None and isinstance(sampler, (SequentialSampler,
+                                                                RandomSampler)) \
+            and not isinstance(split.dataset, IterableDataset):
+        return _pair(split.collate_fn([split.dataset[0]]), what)
+    for batch in split:
+        return _pair(batch, what)
+    raise RobustkitError(f"{what} is empty")
+
+
+def _checked_batch(xb: torch.Tensor, yb: torch.Tensor, num_classes: int,
+                   dtype: torch.dtype | None, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One streamed batch, checked as whole tensors are (the same messages), in ``dtype``
+    with int64 labels."""
+    check_inputs(xb, yb, what=f"fit: {what}")
+    check_labels(yb, num_classes, f"fit: {what}")
+    return (xb.to(dtype) if dtype is not None else xb), yb.long()
+
+
+def _labels_of(ds: Dataset, what: str) -> np.ndarray:
+    """Every label of a map-style Dataset (N,): from ``TensorDataset.tensors``, a
+    ``targets`` attribute (torchvision's datasets, :class:`robustkit.data.ImageFolderData`)
+    or a ``Subset`` of those; else read item by item (one pass over the data)."""
+    def cheap(d: Dataset) -> np.ndarray | None:
+        if isinstance(d, TensorDataset) and len(d.tensors) >= 2:
+            return d.tensors[1].cpu().numpy()
+        if isinstance(d, Subset):
+            parent = cheap(d.dataset)
+            return parent[np.asarray(d.indices, dtype=np.int64)] if parent is not None else None
+        targets = getattr(d, "targets", None)
+        if targets is not None and len(targets) == len(d):  # type: ignore[arg-type]
+            return torch.as_tensor(targets).cpu().numpy()
+        return None
+
+    labels = cheap(ds)
+    if labels is None:
+        labels = torch.stack([_pair(ds[i], what)[1] for i in range(len(ds))]).numpy()  # type: ignore[arg-type]
+    if labels.ndim != 1:
+        raise RobustkitError(f"fit: {what}: y must have rank 1 (N,), got shape {labels.shape}")
+    return labels
+
+
 def batches(dataset: TensorDataset, batch_size: int, shuffle: bool,
             generator: torch.Generator | None, pin_memory: bool = False) -> DataLoader:
     """A DataLoader that indexes whole batches at once (one tensor gather, no per-item collate).
@@ -118,6 +247,21 @@ def batches(dataset: TensorDataset, batch_size: int, shuffle: bool,
     base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, sampler=BatchSampler(base, batch_size, drop_last=False),
                       batch_size=None, pin_memory=pin_memory)
+
+
+def _train_loader(train: Dataset | DataLoader, batch_size: int, generator: torch.Generator,
+                  pin_memory: bool) -> DataLoader:
+    """The training batches of an epoch: for tensors :func:`batches`; for a Dataset a
+    DataLoader over it in an order drawn from ``generator`` (the same order as tensors of
+    the same examples); a user's DataLoader as it is."""
+    if isinstance(train, DataLoader):
+        return train
+    if type(train) is TensorDataset:
+        return batches(train, batch_size, shuffle=True, generator=generator,
+                       pin_memory=pin_memory)
+    return DataLoader(train, batch_size=batch_size,
+                      sampler=RandomSampler(train, generator=generator),  # type: ignore[arg-type]
+                      pin_memory=pin_memory)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -189,11 +333,13 @@ class TrainingDiverged(RobustkitError):
 class TrainingRun:
     """Everything one :func:`fit` call trains with, built by :func:`setup` before any step.
 
-    Besides the model, data and settings it holds the optimizer, the learning-rate
-    schedule, the gradient scaler, the shuffling and augmentation ``generator``, the
-    adversarial loss and guard (None under standard training), the resume file and its
-    fingerprint, and the counters a resumed run takes back: ``done`` epochs, ``step``
-    optimizer steps and ``stopped`` (the guard ended training early).
+    Besides the model, data (``train_ds`` and ``test_ds``: a ``TensorDataset`` made of
+    checked tensors, or the Dataset or DataLoader given) and settings it holds the
+    optimizer, the learning-rate schedule, the gradient scaler, the shuffling and
+    augmentation ``generator``, the adversarial loss and guard (None under standard
+    training), the resume file and its fingerprint, and the counters a resumed run takes
+    back: ``done`` epochs, ``step`` optimizer steps and ``stopped`` (the guard ended
+    training early).
     """
 
     model: nn.Module
@@ -201,8 +347,8 @@ class TrainingRun:
     adv: AdversarialConfig | None
     device: torch.device
     amp_dtype: torch.dtype | None
-    train_ds: TensorDataset
-    test_ds: TensorDataset | None
+    train_ds: Dataset | DataLoader  # a TensorDataset when tensors were given
+    test_ds: Dataset | DataLoader | None
     loader: DataLoader
     generator: torch.Generator
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -218,6 +364,13 @@ class TrainingRun:
     step: int = 0
     stopped: bool = False
     resumed: bool = False
+    num_classes: int = 0
+    dtype: torch.dtype | None = None  # the model's: streamed batches are cast to it
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the training batches are read (and checked) one at a time."""
+        return type(self.train_ds) is not TensorDataset
 
     def autocast(self) -> torch.autocast:
         """The mixed-precision context of a forward pass (a no-op in float32)."""
@@ -253,11 +406,17 @@ def fit(
     or weights that become NaN or Inf stop training with :class:`TrainingDiverged`, which
     names the epoch and batch; that epoch's resume state is not written.
 
+    Data of any size: tensors are checked whole; a Dataset or DataLoader is read and
+    checked batch by batch (memory follows the batch), as the module docstring's "Data"
+    says, with what holds for the order and for resuming.
+
     Args:
         model: any classifier mapping (N, C, H, W) in [0, 1] to (N, K) logits.
         train: ``(x, y)`` with x float (N, C, H, W) in [0, 1] and y integer (N,) in
-            [0, K), or a ``TensorDataset`` of the two.
-        test: the same, evaluated after each epoch (optional).
+            [0, K); a ``TensorDataset`` of the two; a map-style ``Dataset`` whose items are
+            ``(image (C, H, W) in [0, 1], integer label)`` (e.g. :func:`robustkit.data.dataset`);
+            or a ``DataLoader`` of ``(x, y)`` batches.
+        test: the same, evaluated after each epoch (optional; the order does not matter).
         config: a :class:`TrainConfig`; the keyword arguments below override its fields.
         epochs, batch_size, lr, loss, optimizer, weight_decay, label_smoothing, augment:
             see :class:`TrainConfig`.
@@ -271,7 +430,8 @@ def fit(
         adversarial: train on adversarial examples (:mod:`robustkit.adversarial`): an
             :class:`AdversarialConfig` or a dict of its fields, e.g.
             ``{"method": "pgd", "eps": 0.3}``. None (default) trains on clean images. With
-            its guard on, ``guard_size`` stratified, seeded training images are held out.
+            its guard on, ``guard_size`` stratified, seeded training images are held out
+            (not from a DataLoader: set ``guard`` to false, or pass its Dataset).
         resume: a file for the training state (:mod:`robustkit.snapshot`), written after
             every epoch. If it exists, training goes on after its epoch (same configuration
             required) and ends as an uninterrupted run would; the caller deletes it once
@@ -335,7 +495,7 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
     train_ds, test_ds, num_classes = _checked_data(model, train, test)
     held_out = None
     if adv is not None and adv.guard:
-        train_ds, held_out = _hold_out(train_ds, adv.guard_size, seed)
+        train_ds, held_out = _hold_out(train_ds, adv.guard_size, seed, model, num_classes)
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -349,8 +509,7 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = batches(train_ds, cfg.batch_size, shuffle=True, generator=gen,
-                     pin_memory=dev.type == "cuda")
+    loader = _train_loader(train_ds, cfg.batch_size, gen, pin_memory=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader) + 1, pct_start=0.25,
         anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
@@ -363,7 +522,8 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
         # Gradient scaling guards float16's small range; bfloat16 has float32's range.
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         history=History(device=str(dev),
-                        amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None))
+                        amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None),
+        num_classes=num_classes, dtype=model_dtype(model))
     if adv is not None:
         _adversarial(run, adv, held_out, seed)
     if resume is not None:
@@ -376,24 +536,44 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
 
 
 def _checked_data(model: nn.Module, train: Split, test: Split | None
-                  ) -> tuple[TensorDataset, TensorDataset | None, int]:
+                  ) -> tuple[Dataset | DataLoader, Dataset | DataLoader | None, int]:
     """Both splits checked against the model: ``(train, test, number of classes)``.
 
     Images must be finite and in [0, 1]; labels integers in [0, K) for the model's K
     logits (they become int64, as the losses need). Images of another floating dtype are
-    cast to the model's.
+    cast to the model's. Tensors are checked whole and come back as a ``TensorDataset``;
+    a Dataset or DataLoader comes back as it is, its first batch checked here and every
+    batch when it is read (:func:`_checked_batch`).
     """
-    x, y = _as_dataset(train, "train").tensors
     dtype = model_dtype(model)
-    num_classes = model_contract(model, x, "fit")  # it casts its probe to the model's dtype
-    train_ds = _labelled(x, y, dtype, num_classes, "train")
+    train_ds: Dataset | DataLoader
+    if _is_tensors(train):
+        x, y = _as_dataset(train, "train").tensors
+        num_classes = model_contract(model, x, "fit")  # it casts its probe to the model's dtype
+        train_ds = _labelled(x, y, dtype, num_classes, "train")
+    else:
+        train_ds = _stream(train, "train")
+        x, y = _first_batch(train_ds, "train")
+        check_inputs(x, y, what="fit: train")
+        num_classes = model_contract(model, x, "fit")
+        check_labels(y, num_classes, "fit: train")
     if test is None:
         return train_ds, None, num_classes
-    x_test, y = _as_dataset(test, "test").tensors
+    test_ds: Dataset | DataLoader
+    if _is_tensors(test):
+        x_test, y_test = _as_dataset(test, "test").tensors
+    else:
+        test_ds = _stream(test, "test")
+        x_test, y_test = _first_batch(test_ds, "test")
+        check_inputs(x_test, y_test, what="fit: test")
     if x_test.shape[1:] != x.shape[1:]:
         raise RobustkitError(f"fit: test images are {tuple(x_test.shape[1:])} (C, H, W) but "
                              f"training images {tuple(x.shape[1:])}")
-    return train_ds, _labelled(x_test, y, dtype, num_classes, "test"), num_classes
+    if _is_tensors(test):
+        test_ds = _labelled(x_test, y_test, dtype, num_classes, "test")
+    else:
+        check_labels(y_test, num_classes, "fit: test")
+    return train_ds, test_ds, num_classes
 
 
 def _labelled(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, num_classes: int,
@@ -444,6 +624,9 @@ def _restore(run: TrainingRun, state: dict[str, Any]) -> None:
         run.adv_loss.generator.set_state(state["adversarial_generator"])
     if run.guard is not None:
         run.guard.load_state_dict(state["guard"])
+    stored = state.get("loader_generators") or []
+    for g, g_state in zip(_loader_generators(run), stored):
+        g.set_state(g_state)
 
 
 def _training_state(run: TrainingRun, epoch: int, stop: bool) -> dict[str, Any]:
@@ -459,7 +642,20 @@ def _training_state(run: TrainingRun, epoch: int, stop: bool) -> dict[str, Any]:
         "adversarial_generator": (run.adv_loss.generator.get_state()
                                   if run.adv_loss is not None and run.adv_loss.generator
                                   is not None else None),
-        "guard": run.guard.state_dict() if run.guard is not None else None}
+        "guard": run.guard.state_dict() if run.guard is not None else None,
+        "loader_generators": [g.get_state() for g in _loader_generators(run)]}
+
+
+def _loader_generators(run: TrainingRun) -> list[torch.Generator]:
+    """The generators of a user's DataLoader (its own and its sampler's), once each: their
+    states go into the resume file, so that a resumed run draws the same order."""
+    if run.loader is not run.train_ds:
+        return []
+    found: list[torch.Generator] = []
+    for g in (run.loader.generator, getattr(run.loader.sampler, "generator", None)):
+        if isinstance(g, torch.Generator) and all(g is not h for h in found):
+            found.append(g)
+    return found
 
 
 def run_epoch(run: TrainingRun, epoch: int, eval_every: int = 1, bar: tqdm | None = None
@@ -493,15 +689,38 @@ def run_epoch(run: TrainingRun, epoch: int, eval_every: int = 1, bar: tqdm | Non
             stop = run.adv.guard_action == "stop"
     last = epoch == run.cfg.epochs or stop
     scored = run.test_ds is not None and (last or (eval_every and epoch % eval_every == 0))
-    if scored and run.test_ds is not None:
+    if scored and type(run.test_ds) is TensorDataset:
         x_test, y_test = run.test_ds.tensors
         record["test_accuracy"] = accuracy_of(run.model, x_test, y_test)
+    elif scored and run.test_ds is not None:
+        record["test_accuracy"] = _streamed_accuracy(run, run.test_ds)
     else:
         record["test_accuracy"] = None
     record["lr"] = run.optimizer.param_groups[0]["lr"]
     record["seconds"] = time.perf_counter() - start
     run.history.epochs.append(record)
     return record, stop
+
+
+def _streamed_accuracy(run: TrainingRun, test: Dataset | DataLoader) -> float:
+    """Accuracy on a Dataset or DataLoader, one checked batch at a time.
+
+    A Dataset is walked by :func:`robustkit.core.stream.batches`, which draws no random
+    numbers (a DataLoader would draw its seed from the global generator, and so change
+    the dropout of the next epoch).
+    """
+    source: Any = test if isinstance(test, DataLoader) else (
+        (b.x, b.y) for b in stream.batches(test, 1000, what="fit: test"))
+    correct = seen = 0
+    for batch in source:
+        xb, yb = _checked_batch(*_pair(batch, "test"), run.num_classes, run.dtype, "test")
+        logits = predict(run.model, xb, batch_size=len(xb))  # (B, K) on the CPU
+        correct += int((logits.argmax(1) == yb.cpu()).sum())
+        seen += len(yb)
+    if seen == 0:
+        raise RobustkitError("fit: test: the DataLoader gave no batches")
+    # In float32, as accuracy_of computes it: the same examples give the same number.
+    return torch.tensor(correct, dtype=torch.float32).div(seen).item()
 
 
 def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, Any]:
@@ -512,17 +731,29 @@ def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, 
     correct = torch.zeros((), device=dev, dtype=torch.long)
     # Each batch's loss, checked once at the end of the epoch: a check per batch would
     # wait for the GPU at every step.
-    losses = torch.zeros(len(run.loader), device=dev)  # (batches,)
+    losses: list[torch.Tensor] = []
     seen = 0
-    for i, (xb, yb) in enumerate(run.loader):
+    expected = len(run.loader)
+    set_epoch = getattr(getattr(run.loader, "sampler", None), "set_epoch", None)
+    if run.loader is run.train_ds and callable(set_epoch):  # a user's DistributedSampler
+        set_epoch(epoch - 1)
+    for i, batch in enumerate(run.loader):
+        if i == expected:
+            raise RobustkitError(f"fit: train: the DataLoader gave more than the {expected} "
+                                 f"batches its len() promised")
+        xb, yb = _pair(batch, "train") if run.streamed else batch
+        if run.streamed:  # checked as it is read, on the CPU: no wait for the GPU
+            xb, yb = _checked_batch(xb, yb, run.num_classes, run.dtype, "train")
         batch_loss, logits, yb = _train_step(run, xb, yb)
-        losses[i] = batch_loss
+        losses.append(batch_loss)
         total_loss += batch_loss * len(yb)
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
         if bar is not None:
             bar.update()
-    _check_diverged(run, epoch, losses)
+    if seen == 0:
+        raise RobustkitError(f"fit: train: the DataLoader gave no batches in epoch {epoch}")
+    _check_diverged(run, epoch, torch.stack(losses))  # (batches,)
     return {"epoch": epoch, "loss": total_loss.item() / seen,
             "train_accuracy": correct.item() / seen}
 
@@ -633,7 +864,8 @@ def train_and_save(
         adversarial, device, amp, eval_every, quiet: as in :func:`fit`.
         root, download: where torchvision datasets live, and whether to fetch them.
         fresh: delete a stored resume state and train from the start.
-        test: the test split ``(x, y)`` to score; default: the dataset's whole test split.
+        test: the test split to score (as in :func:`fit`); default: the dataset's whole
+            test split. Image folders (``imagefolder:PATH``) are streamed, never loaded whole.
         log: called before training with the lines that describe the model, data and
             settings (e.g. ``print``).
 
@@ -649,16 +881,13 @@ def train_and_save(
     options = check_options(arch, options or {})
     adv = as_config(adversarial)
     cfg = config or (adversarial_training(arch) if adv else models.default_training(arch))
-    train = data.load_tensors(dataset, "train", root=root, download=download,
-                              train_size=train_size, seed=seed)
-    test_ds = _as_dataset(test if test is not None else data.load_tensors(
-        dataset, "test", root=root, download=download), "test")
+    train, test_ds, n_train = _dataset_splits(dataset, root, download, train_size, seed, test)
     torch.manual_seed(seed)
     model = models.create(arch, ds.in_shape, ds.num_classes, ds.mean, ds.std, **options)
     if log is not None:
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"training {arch} ({n_params:,} parameters) on {dataset} ({len(train[1])} train / "
-            f"{len(test_ds)} test), seed {seed}: {json.dumps(dataclasses.asdict(cfg))}"
+        log(f"training {arch} ({n_params:,} parameters) on {dataset} ({n_train} train / "
+            f"{_size(test_ds)} test), seed {seed}: {json.dumps(dataclasses.asdict(cfg))}"
             + (f"\nadversarial training: {json.dumps(describe(adv))}" if adv else ""))
     if fresh:
         resume.unlink(missing_ok=True)
@@ -668,10 +897,24 @@ def train_and_save(
     except TrainingDiverged:
         resume.unlink(missing_ok=True)  # resuming would only diverge again
         raise
-    save_trained(model, out, history, cfg, dataset=dataset, train_size=len(train[1]),
-                 seed=seed)
+    save_trained(model, out, history, cfg, dataset=dataset, train_size=n_train, seed=seed)
     resume.unlink(missing_ok=True)
     return model, history
+
+
+def _dataset_splits(dataset: str, root: str | Path | None, download: bool,
+                    train_size: int | None, seed: int, test: Split | None
+                    ) -> tuple[Split, Dataset | DataLoader, int]:
+    """``(train, test, number of training images)`` of a dataset for :func:`train_and_save`:
+    image folders read batch by batch (:func:`robustkit.data.dataset`), the rest as tensors."""
+    load = data.dataset if data.spec(dataset).open is not None else data.load_tensors
+    train: Split = load(dataset, "train", root=root, download=download,
+                        train_size=train_size, seed=seed)
+    if test is None:
+        test = load(dataset, "test", root=root, download=download)
+    test_ds = _as_dataset(test, "test") if _is_tensors(test) else _stream(test, "test")
+    n_train = len(train[1]) if isinstance(train, tuple) else len(train)  # type: ignore[arg-type]
+    return train, test_ds, n_train
 
 
 def save_trained(model: nn.Module, out: str | Path, history: History, cfg: TrainConfig, *,
@@ -692,24 +935,76 @@ def save_trained(model: nn.Module, out: str | Path, history: History, cfg: Train
 
 
 def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | None, seed: int,
-                 train_ds: TensorDataset, test_ds: TensorDataset | None,
+                 train_ds: Dataset | DataLoader, test_ds: Dataset | DataLoader | None,
                  amp_dtype: torch.dtype | None) -> dict[str, Any]:
-    """What must match for a stored training state to be resumed, as plain JSON values."""
-    return json.loads(json.dumps({
+    """What must match for a stored training state to be resumed, as plain JSON values.
+
+    Data is told apart by its size; a Dataset or DataLoader also by its class (and a
+    DataLoader by its number of batches), under ``train_data`` and ``test_data``, keys
+    that tensors do not have (so their fingerprints are those of earlier versions).
+    """
+    found = {
         "training": dataclasses.asdict(cfg), "adversarial": describe(adv) if adv else None,
-        "seed": seed, "train_size": len(train_ds), "test_size": len(test_ds) if test_ds else 0,
+        "seed": seed, "train_size": _size(train_ds),
+        "test_size": _size(test_ds) if test_ds is not None else 0,
         "amp": str(amp_dtype), "model": type(model).__name__,
-        "shapes": [[k, list(v.shape)] for k, v in model.state_dict().items()]}))
+        "shapes": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+    for what, split in (("train", train_ds), ("test", test_ds)):
+        if split is not None and type(split) is not TensorDataset:
+            found[f"{what}_data"] = _kind(split)
+    return json.loads(json.dumps(found))
 
 
-def _hold_out(ds: TensorDataset, n: int, seed: int
-              ) -> tuple[TensorDataset, tuple[torch.Tensor, torch.Tensor]]:
-    """Split ``n`` stratified, seeded examples off ``ds``: ``(rest, (x_held, y_held))``."""
-    x, y = ds.tensors
-    if n >= len(y) // 2:
+def _size(split: Dataset | DataLoader) -> int | None:
+    """The number of examples (None: a DataLoader over data of unknown length)."""
+    if isinstance(split, DataLoader):
+        try:
+            return len(split.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return len(split)  # type: ignore[arg-type]
+
+
+def _kind(split: Dataset | DataLoader) -> str:
+    """The class of the data, e.g. ``DataLoader of robustkit.data.ImageFolderData, 40
+    batches`` or ``torch.utils.data.dataset.Subset of ...``."""
+    name = f"{type(split).__module__}.{type(split).__qualname__}"
+    if isinstance(split, DataLoader):
+        return f"{name} of {_kind(split.dataset)}, {len(split)} batches"
+    if isinstance(split, Subset):
+        return f"{name} of {_kind(split.dataset)}"
+    return name
+
+
+def _hold_out(ds: Dataset | DataLoader, n: int, seed: int, model: nn.Module, num_classes: int
+              ) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:
+    """Split ``n`` stratified, seeded examples off ``ds``: ``(rest, (x_held, y_held))``.
+
+    Tensors are split into two ``TensorDataset``s; a Dataset into a ``Subset`` (the rest,
+    in its order) and the held-out images read into tensors (checked, in the model's
+    dtype). A DataLoader is refused: its batches are the user's to draw.
+    """
+    if isinstance(ds, DataLoader):
         raise RobustkitError(
-            f"adversarial.guard_size: {n} held-out images would leave too few of the {len(y)} "
-            f"training images to train on (use fewer, or guard = false)")
-    held = torch.zeros(len(y), dtype=torch.bool)
-    held[torch.from_numpy(data.stratified_indices(y.cpu().numpy(), n, seed=seed))] = True
-    return TensorDataset(x[~held], y[~held]), (x[held], y[held])
+            "fit: adversarial training's guard holds out training images, which fit cannot "
+            "take out of a DataLoader; pass its Dataset instead (fit then holds out "
+            "guard_size images itself), or set adversarial guard = false")
+    if type(ds) is TensorDataset:
+        x, y = ds.tensors
+        labels = y.cpu().numpy()
+    else:
+        labels = _labels_of(ds, "train")
+    if n >= len(labels) // 2:
+        raise RobustkitError(
+            f"adversarial.guard_size: {n} held-out images would leave too few of the "
+            f"{len(labels)} training images to train on (use fewer, or guard = false)")
+    held_index = data.stratified_indices(labels, n, seed=seed)  # sorted
+    if type(ds) is TensorDataset:
+        held = torch.zeros(len(y), dtype=torch.bool)
+        held[torch.from_numpy(held_index)] = True
+        return TensorDataset(x[~held], y[~held]), (x[held], y[held])
+    rest = np.setdiff1d(np.arange(len(labels)), held_index)
+    x_held, y_held = _checked_batch(
+        *_pair(default_collate([ds[int(i)] for i in held_index]), "train"), num_classes,
+        model_dtype(model), "train")
+    return Subset(ds, rest.tolist()), (x_held, y_held)

@@ -639,4 +639,7 @@ def test_cw_l2_binary_search_rescues_a_too_small_c(trained_mlp, test64):
                               binary_search_steps=stages)
         rate[stages] = (predict(trained_mlp, x_adv).argmax(1) != y)[ok].float().mean().item()
     assert rate[5] >= rate[1]
-    assert rate[5] >= 0.5 and rate[1] <= 0.25
+    # One stage flips only the images at the boundary, which any step flips (15 of the 48
+    # these 64 mixed digits get right; c = 0.0001 flips the same 15); the search flips
+    # most of the rest. (0.25 was tuned when the first 64 test images were all zeros.)
+    assert rate[5] >= 0.5 and rate[1] <= 0.35 and rate[5] - rate[1] >= 0.4

@@ -216,16 +216,18 @@ def test_mnist_5k_split_partitions_the_csv_by_the_documented_rule():
         == _counter(pixels, labels)
 
     # The documented rule: per class, in class order, default_rng(0) permutes the class's rows
-    # and its first 100 (20% of 500) go to test; both splits keep the CSV order.
+    # and its first 100 (20% of 500) go to test; then one default_rng(1) permutes the test
+    # rows (in CSV order), then the train rows.
     rng = np.random.default_rng(0)
     test_rows = np.sort(np.concatenate(
         [rng.permutation(np.flatnonzero(labels == c))[:100] for c in range(10)]))
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test_rows] = True
-    np.testing.assert_array_equal(as_u8(x_test).reshape(1000, -1), pixels[is_test])
-    np.testing.assert_array_equal(y_test.numpy(), labels[is_test])
-    np.testing.assert_array_equal(as_u8(x_train).reshape(4000, -1), pixels[~is_test])
-    np.testing.assert_array_equal(y_train.numpy(), labels[~is_test])
+    train_rows = np.setdiff1d(np.arange(len(labels)), test_rows)
+    order = np.random.default_rng(1)
+    test_rows, train_rows = order.permutation(test_rows), order.permutation(train_rows)
+    np.testing.assert_array_equal(as_u8(x_test).reshape(1000, -1), pixels[test_rows])
+    np.testing.assert_array_equal(y_test.numpy(), labels[test_rows])
+    np.testing.assert_array_equal(as_u8(x_train).reshape(4000, -1), pixels[train_rows])
+    np.testing.assert_array_equal(y_train.numpy(), labels[train_rows])
 
 
 def test_mnist_5k_cache_appears_and_second_load_is_fast_and_equal(tmp_path, monkeypatch):
@@ -254,7 +256,7 @@ def test_mnist_5k_damaged_cache_is_rebuilt(damage, tmp_path, monkeypatch):
     x, y = data.load_tensors("mnist-5k", "test")
     assert torch.equal(x, good[0]) and torch.equal(y, good[1])
     with np.load(npz) as rebuilt:  # the damaged file was replaced by a good one
-        assert {"x", "y", "is_test"} <= set(rebuilt.files)
+        assert {"x", "y", "train", "test", "version"} <= set(rebuilt.files)
 
 
 # --------------------------------------------------------------------------- train_size
