@@ -133,3 +133,42 @@ def test_outside_a_process_group_nothing_is_sharded(trained_mlp, mnist_1000):
     m = transfer.transfer_matrix({"a": trained_mlp}, {"a": trained_mlp}, x[:20], y[:20],
                                  attack="fgsm", eps=0.1, progress=False)
     assert m["a"]["a"] == float(acc)
+
+
+def _json_without_timings(path):
+    import json
+
+    record = json.loads(path.read_text())
+    for key in ("seconds", "torch_threads"):
+        record.pop(key, None)
+    for result in record.get("results", {}).values():
+        result.pop("seconds", None)
+    return record
+
+
+@pytest.mark.parametrize("command", [
+    ["attack", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "--images", "50",
+     "--batch-size", "16"],
+    ["explain", "--methods", "saliency,integrated_gradients", "--images", "6", "--steps", "4"],
+])
+def test_cli_commands_under_torchrun_match_one_process(command, setup, subprocess_env, tmp_path):
+    root = setup
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for procs in (1, 2):
+        target = tmp_path / f"out{procs}"
+        out = [str(target / "r.json")] if command[0] == "attack" else [str(target)]
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     "--nproc-per-node", "2", "-m", "robustkit"] if procs == 2
+                    else [sys.executable, "-m", "robustkit"])
+        done = subprocess.run([*launcher, *command, "--checkpoint", str(root / "m.pt"),
+                               "--out", *out, *(["--quiet"] if command[0] == "attack" else [])],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+        outputs[procs] = (_json_without_timings(target / "r.json") if command[0] == "attack"
+                          else _json_without_timings(target / "explain.json"))
+        if procs == 2:  # rank 0 alone printed the result
+            assert done.stdout.count("robust accuracy" if command[0] == "attack"
+                                     else "alignment with the image") == 1
+    assert outputs[1] == outputs[2]

@@ -74,7 +74,7 @@ CASES = [
     ("attack-eps-inf", ATTACK + ["--eps", "inf"], "must be finite and >= 0, got inf"),
     ("attack-eps-nan", ATTACK + ["--eps", "nan"], "must be finite and >= 0, got nan"),
     ("attack-eps-text", ATTACK + ["--eps", "big"], "expected a number, got 'big'"),
-    ("attack-n-0", ATTACK + ["--n", "0"], "argument --n: must be an integer >= 1"),
+    ("attack-n-0", ATTACK + ["--n", "0"], "argument --n/--images: must be an integer >= 1"),
     ("attack-steps-0", ATTACK + ["--steps", "0"], "argument --steps: must be an integer >= 1"),
     ("attack-steps-float", ATTACK + ["--steps", "2.5"], "expected an integer, got '2.5'"),
     ("attack-batch-size-0", ATTACK + ["--batch-size", "0"], "argument --batch-size"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from robustkit.core.seeding import ExampleSeeds
 from torch import nn
 
 from robustkit import attacks, models, transfer
@@ -40,7 +42,9 @@ def test_matrix_equals_crafting_and_scoring_by_hand(three, data64):
     m = transfer.transfer_matrix(three, three, x, y, attack="pgd", progress=False, **kw)
     assert set(m) == set(three) and all(set(row) == set(three) for row in m.values())
     for s, source in three.items():
-        x_adv = attacks.pgd(source, x, y, **kw).cpu()
+        # each example's random start comes from its own stream, seeded by its index
+        seeds = ExampleSeeds(kw["seed"], torch.arange(len(y)))
+        x_adv = attacks.pgd(source, x, y, **{**kw, "seed": seeds}).cpu()
         for t, target in three.items():
             clean_ok = predict(target, x).argmax(1) == y
             adv_ok = predict(target, x_adv).argmax(1) == y

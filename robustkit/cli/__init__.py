@@ -26,13 +26,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from robustkit.cli import attack, explain, info, run, train, transfer
 from robustkit.cli.common import Parser
+from robustkit.core import distributed
 from robustkit.errors import RobustkitError
 
 #: OS errors on a path the user gave: one line, like a RobustkitError.
@@ -72,6 +75,17 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     print(f"robustkit: warning: {_one_line(str(message))}", file=file or sys.stderr)
 
 
+@contextlib.contextmanager
+def _only_rank_zero_prints() -> Iterator[None]:
+    """Under torchrun every rank runs the command on its shard; rank 0 alone prints (the
+    evaluations gather every rank's records, so its output is the whole result)."""
+    if distributed.is_main():
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``robustkit ARGV``; returns the exit status (0, 1 for a failed ``report
     --check``, 2 for a user's mistake, 130 when interrupted).
@@ -84,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, one line)
         return exit_.code if isinstance(exit_.code, int) else 0
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), distributed.session(), _only_rank_zero_prints():
         warnings.showwarning = _show_warning
         try:
             status: Any = args.func(args)

@@ -19,15 +19,23 @@ import json
 import time
 from typing import Any
 
-import torch
 
 from robustkit import metrics
 from robustkit.attacks.base import threat_model
 from robustkit.attacks.binding import bind, check_options, spec
 from robustkit.cli import common
-from robustkit.core import predict
-from robustkit.evaluate import (adversarial_examples, minimal_table, robustness_curve,
-                                validity_checks)
+from robustkit.evaluate import minimal_table, robustness_curve, validity_checks
+from robustkit.outcomes import outcomes
+
+
+#: What ``robustkit attack`` measures of each perturbation (medians over fooled examples).
+MEASURES = {
+    "l0": lambda x, a: metrics.perturbation_norms(x, a)["l0"],
+    "l2": lambda x, a: metrics.perturbation_norms(x, a)["l2"],
+    "linf": lambda x, a: metrics.perturbation_norms(x, a)["linf"],
+    "psnr": metrics.psnr,
+    "ssim": metrics.ssim,
+}
 
 
 def add_parsers(sub: Any) -> None:
@@ -50,7 +58,7 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("minimal",
                        help="median smallest perturbation turning each class into each other")
-    p.add_argument("--checkpoint", required=True)
+    common.add_model_args(p)  # --checkpoint or --model SPEC
     common.add_images(p, n=100, batch_size=1000)
     p.add_argument("--steps", type=common.positive_int, default=200,
                    help="gradient steps per search (default 200)")
@@ -62,7 +70,7 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_minimal)
 
     p = sub.add_parser("validity", help="Carlini et al. 2019's checks that an evaluation is sound")
-    p.add_argument("--checkpoint", required=True)
+    common.add_model_args(p)  # --checkpoint or --model SPEC
     p.add_argument("--eps", type=common.nonneg_float, help="radius (default 0.3)")
     p.add_argument("--norm", help="linf or l2 (default linf)")
     p.add_argument("--steps", type=common.positive_int, help="PGD steps (default 20)")
@@ -83,32 +91,30 @@ def cmd_attack(args: argparse.Namespace) -> int:
         eps = common.DEFAULT_EPS
     options = common.user_options(args)
     check_options(args.attack, options, eps=eps, what="attack")
-    out = common.out_file(args.out, inputs=[args.checkpoint])
+    out = common.out_file(args.out, inputs=common.model_inputs(args))
     model, dataset, x, y = common.load_for_attack(args)
     run = bind(args.attack, model, options, eps=eps, defaults={"seed": args.seed},
                what="attack")
     start = time.perf_counter()
-    x_adv = adversarial_examples(model, x, y, run, args.batch_size, progress=not args.quiet)
+    # Batch by batch (sharded under torchrun): each adversarial image is measured and
+    # dropped, so memory does not grow with --n.
+    out_ = outcomes((x, y), {"model": model}, run, batch_size=args.batch_size,
+                    progress=not args.quiet, what="attack", measure=MEASURES)
     seconds = time.perf_counter() - start
-    clean_ok = predict(model, x).argmax(1) == y
-    adv_ok = predict(model, x_adv).argmax(1) == y
+    clean_ok, adv_ok = out_.clean["model"], out_.adv["model"]
     fooled = clean_ok & ~adv_ok  # the examples the attack broke
-    norms = metrics.perturbation_norms(x, x_adv)
-    psnr, ssim = metrics.psnr(x, x_adv), metrics.ssim(x, x_adv)
 
-    def median(t: torch.Tensor) -> float | None:
-        return float(t[fooled].median()) if fooled.any() else None
+    def median(name: str) -> float | None:
+        return float(out_.measures[name][fooled].median()) if fooled.any() else None
 
     recorded = run.record_options()  # eps only where the attack took one
     result = {
-        "checkpoint": args.checkpoint, "dataset": dataset, "n": len(y), "attack": args.attack,
+        **common.model_record(args), "dataset": dataset, "n": len(y), "attack": args.attack,
         "options": recorded, "seconds": seconds,
         "clean_accuracy": clean_ok.float().mean().item(),
         "robust_accuracy": (clean_ok & adv_ok).float().mean().item(),
         "success_rate": fooled.sum().item() / max(1, clean_ok.sum().item()),
-        "median_over_fooled": {"l0": median(norms["l0"]), "l2": median(norms["l2"]),
-                               "linf": median(norms["linf"]), "psnr": median(psnr),
-                               "ssim": median(ssim)},
+        "median_over_fooled": {name: median(name) for name in MEASURES},
     }
     med = result["median_over_fooled"]
     print(f"{args.attack} {json.dumps(recorded)} on {len(y)} {dataset} test images "
@@ -127,7 +133,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     """Robust accuracy at each ``--eps``; attacks that measure a distance are refused."""
     options = common.user_options(args)
     check_options(args.attack, options, grid=True, what="curve")
-    out = common.out_file(args.out, inputs=[args.checkpoint])
+    out = common.out_file(args.out, inputs=common.model_inputs(args))
     model, dataset, x, y = common.load_for_attack(args)
     start = time.perf_counter()
     curve = robustness_curve(model, x, y, attack=args.attack, eps=args.eps,
@@ -139,7 +145,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     print(f"{'eps':>8s} {'accuracy':>9s} {'attacked':>9s}")
     for r in curve:
         print(f"{r['eps']:8.3f} {r['accuracy'] * 100:8.2f}% {r['attacked']:9d}")
-    common.write_out(out, {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
+    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
                            "attack": args.attack, "options": options, "seed": args.seed,
                            "seconds": seconds, "curve": curve})
     return 0
@@ -147,7 +153,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
 def cmd_minimal(args: argparse.Namespace) -> int:
     """The class-by-class table of median smallest perturbations, per norm."""
-    out = common.out_file(args.out, inputs=[args.checkpoint])
+    out = common.out_file(args.out, inputs=common.model_inputs(args))
     model, dataset, x, y = common.load_for_attack(args)
     start = time.perf_counter()
     tables = {n: minimal_table(model, x, y, norm=n, steps=args.steps,
@@ -167,7 +173,7 @@ def cmd_minimal(args: argparse.Namespace) -> int:
         print(f"reached the target in {table['success_rate'] * 100:.1f}% of "
               f"{table['pairs']} (image, target) pairs")
     print(f"({seconds:.1f}s)")
-    common.write_out(out, {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
+    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
                            "steps": args.steps, "seconds": seconds, "tables": tables})
     return 0
 
@@ -184,7 +190,7 @@ def cmd_validity(args: argparse.Namespace) -> int:
     """Carlini et al. 2019's validity checks of a PGD evaluation, one line each."""
     settings = _validity_settings(args)
     threat_model(settings["norm"], "validity --norm")  # refused before anything loads
-    inputs = [args.checkpoint, *([args.transfer_from] if args.transfer_from else [])]
+    inputs = [*common.model_inputs(args), *([args.transfer_from] if args.transfer_from else [])]
     out = common.out_file(args.out, inputs=inputs)
     if args.transfer_from:
         common.checkpoint_file(args.transfer_from, "--transfer-from")
@@ -204,7 +210,7 @@ def cmd_validity(args: argparse.Namespace) -> int:
         verdict = {True: "pass", False: "FAIL", None: "skip"}[c["passed"]]
         print(f"  {verdict:4s}  {c['name']:28s} {c['detail']}")
     print("all checks passed" if report["passed"] else "some checks FAILED: suspect the evaluation")
-    common.write_out(out, {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
+    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
                            "steps": settings["steps"], "seed": args.seed, "seconds": seconds,
                            **report})
     return 0

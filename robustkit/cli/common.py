@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 from robustkit import data, models
-from robustkit.core import check_writable, check_writable_dir, pick_device, write_json
+from robustkit.core import (check_writable, check_writable_dir, distributed, pick_device,
+                            write_json)
 from robustkit.errors import RobustkitError
 
 #: Devices a command can run on (``auto``: CUDA, then MPS, then the CPU).
@@ -138,7 +140,9 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_images(p: argparse.ArgumentParser, n: int, batch_size: int | None) -> None:
     """The flags that choose test images: --n, --batch-size, --dataset, --root."""
-    p.add_argument("--n", type=positive_int, default=n,
+    # --images: under torchrun, whose own parser takes "--n" for an abbreviation of its
+    # --nnodes/--nproc-per-node and refuses it as ambiguous.
+    p.add_argument("--n", "--images", dest="n", type=positive_int, default=n,
                    help=f"test images, a class-balanced subset (default {n})")
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help="images per call" + (f" (default {batch_size})" if batch_size
@@ -147,10 +151,177 @@ def add_images(p: argparse.ArgumentParser, n: int, batch_size: int | None) -> No
     p.add_argument("--root", help="folder of torchvision datasets")
 
 
+def float_list(text: str) -> list[float]:
+    """An argparse type: comma-separated finite numbers (``0.49,0.48,0.45``)."""
+    values = []
+    for t in text.split(","):
+        try:
+            value = float(t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got "
+                                             f"{text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+        values.append(value)
+    return values
+
+
+def _split_top(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets (``a=1,b=[2,3]`` -> two parts)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [t.strip() for t in parts if t.strip()]
+
+
+def model_options(text: str) -> dict[str, Any]:
+    """An argparse type for ``--model-options``: ``KEY=VALUE,...``; a value is true/false,
+    an integer, a number, text, or a list in brackets (``channels=[8,16]``)."""
+    options: dict[str, Any] = {}
+    for part in _split_top(text):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not _KEY.fullmatch(key) or not value:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE,... (e.g. num_classes=10), "
+                                             f"got {part!r}")
+        if key in options:
+            raise argparse.ArgumentTypeError(f"gives {key} twice")
+        if value.startswith("[") and value.endswith("]"):
+            options[key] = [option_value(v) for v in _split_top(value[1:-1])]
+        else:
+            options[key] = option_value(value)
+    if not options:
+        raise argparse.ArgumentTypeError(f"names no option, got {text!r}")
+    return options
+
+
+def output_key(text: str) -> str | int:
+    """An argparse type for ``--output``: an integer is an index, anything else a key."""
+    try:
+        return int(text)
+    except ValueError:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("expected a key or an index") from None
+        return text
+
+
+#: The flags that describe a model given by spec, which apply only with --model.
+MODEL_FLAGS = ("model_options", "weights", "mean", "std", "output")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint FILE`` or ``--model SPEC`` (one of them, not both), and the flags
+    that describe a model by spec: --model-options, --weights, --mean, --std, --output;
+    and --trust-factory for a checkpoint of a ``package.module:factory`` model."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a robustkit checkpoint (robustkit train)")
+    source.add_argument("--model", metavar="SPEC",
+                        help="a model by spec instead of a checkpoint: a registered name, "
+                             "torchvision:NAME, timm:NAME or package.module:factory (needs "
+                             "--dataset)")
+    p.add_argument("--model-options", type=model_options, action="append", default=[],
+                   metavar="KEY=VALUE,...",
+                   help="with --model: the constructor's options (e.g. num_classes=10)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="with --model: a state dict file (torch.save(model.state_dict())), "
+                        "read with weights_only; default: random weights")
+    p.add_argument("--mean", type=float_list, metavar="M1,M2,...",
+                   help="with --model: the per-channel mean the model's inputs were "
+                        "normalized with (a Normalize goes in front; with --std)")
+    p.add_argument("--std", type=float_list, metavar="S1,S2,...",
+                   help="with --model: the per-channel std (with --mean)")
+    p.add_argument("--output", type=output_key, metavar="KEY",
+                   help="with --model: where the logits are in the model's output: a key "
+                        "of a dict or attribute, or an index of a tuple")
+    p.add_argument("--trust-factory", action="append", default=[], metavar="SPEC",
+                   help="with --checkpoint: let a checkpoint of a package.module:factory "
+                        "model import and call that factory (repeatable)")
+
+
+def merged_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--model-options`` given, merged; a key given twice is refused."""
+    merged: dict[str, Any] = {}
+    for options in getattr(args, "model_options", None) or []:
+        for key, value in options.items():
+            if key in merged:
+                raise RobustkitError(f"--model-options gives {key} twice")
+            merged[key] = value
+    return merged
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """The model flags agree: --model needs --dataset; the flags of a model by spec only
+    with --model; --mean and --std together; the spec, its options and the weights file
+    exist. Nothing is built."""
+    spec = getattr(args, "model", None)
+    given = [f"--{k.replace('_', '-')}" for k in MODEL_FLAGS if getattr(args, k, None)]
+    if spec is None:
+        if given:
+            raise RobustkitError(f"{given[0]} only applies with --model (a model by spec), "
+                                 f"not with --checkpoint")
+        return
+    if getattr(args, "trust_factory", None):
+        raise RobustkitError("--trust-factory applies to --checkpoint; --model names the "
+                             "factory itself")
+    if not args.dataset:
+        raise RobustkitError("--model needs --dataset (it gives the images' shape and the "
+                             "number of classes)")
+    if (args.mean is None) != (args.std is None):
+        raise RobustkitError(f"--{'mean' if args.std is None else 'std'} needs "
+                             f"--{'std' if args.std is None else 'mean'} too")
+    models.check_spec(spec)
+    models.check_options(spec, merged_options(args))
+    if args.weights is not None:
+        w = Path(args.weights)
+        if w.is_dir():
+            raise RobustkitError(f"--weights {w} is a folder, not a state dict file")
+        if not w.exists():
+            raise RobustkitError(f"--weights: file {w} does not exist")
+
+
+def model_from_args(args: argparse.Namespace, device: str | torch.device) -> nn.Module:
+    """The model the flags name: the checkpoint's, or one built by spec for
+    ``--dataset``'s images (its weights from ``--weights``), on ``device``, in eval mode."""
+    check_model_args(args)
+    if getattr(args, "model", None) is None:
+        return load_model(args.checkpoint, device,
+                          trust=getattr(args, "trust_factory", None) or ())
+    ds = data.spec(args.dataset)
+    if args.weights is None:
+        warnings.warn(f"--model {args.model} without --weights: the model has random weights",
+                      stacklevel=2)
+    model = models.build(args.model, ds.in_shape, ds.num_classes, args.mean, args.std,
+                         merged_options(args), output=args.output, weights=args.weights,
+                         device=pick_device(device))
+    return model.eval()
+
+
+def model_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What a command's JSON records of its model: the checkpoint, or the spec and the
+    flags that describe it."""
+    if getattr(args, "model", None) is None:
+        return {"checkpoint": args.checkpoint}
+    return {"checkpoint": None,
+            "model": {"spec": args.model, "options": merged_options(args),
+                      "weights": args.weights, "mean": args.mean, "std": args.std,
+                      "output": args.output}}
+
+
+def model_inputs(args: argparse.Namespace) -> list[str]:
+    """The model's input files (the checkpoint or the weights), for the output checks."""
+    return [f for f in (getattr(args, "checkpoint", None), getattr(args, "weights", None))
+            if f]
+
+
 def add_attack_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
-    """The flags of the commands that run an attack: the attack, its options, images."""
+    """The flags of the commands that run an attack: the model (``--checkpoint`` or
+    ``--model``), the attack, its options, images."""
     if checkpoint:
-        p.add_argument("--checkpoint", required=True)
+        add_model_args(p)
     p.add_argument("--attack", default="pgd",
                    help="registered name (fgsm, bim, pgd, mifgsm, deepfool, cw_l2) or "
                         "package.module:function (default pgd)")
@@ -203,9 +374,11 @@ def checkpoint_file(path: str | Path, flag: str = "--checkpoint") -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu",
-               flag: str = "--checkpoint") -> nn.Module:
-    """The checkpoint's model on ``device``, in eval mode."""
-    return models.load(checkpoint_file(path, flag), device=pick_device(device))
+               flag: str = "--checkpoint", trust: Iterable[str] = ()) -> nn.Module:
+    """The checkpoint's model on ``device``, in eval mode (``trust``: the
+    ``package.module:factory`` specs it may call; :func:`robustkit.models.load`)."""
+    return models.load(checkpoint_file(path, flag), device=pick_device(device),
+                       trust=list(trust))
 
 
 def images_for(args: argparse.Namespace, model: nn.Module
@@ -234,9 +407,10 @@ def check_dataset(name: str | None) -> None:
 
 def load_for_attack(args: argparse.Namespace
                     ) -> tuple[nn.Module, str, torch.Tensor, torch.Tensor]:
-    """The checkpoint's model on the chosen device and ``args.n`` test images."""
+    """The model (``--checkpoint``, or ``--model`` by spec) on the chosen device and
+    ``args.n`` test images."""
     check_dataset(args.dataset)
-    model = load_model(args.checkpoint, args.device)
+    model = model_from_args(args, args.device)
     dataset, x, y = images_for(args, model)
     return model, dataset, x, y
 
@@ -253,7 +427,7 @@ def out_file(path: str | Path | None, inputs: Iterable[str | Path] = (),
         return None
     p = check_writable(path, flag)
     for i in inputs:
-        if _same(p, i):
+        if i is not None and _same(p, i):  # None: an input not given (--model, no file)
             raise RobustkitError(f"{flag} {p} is also an input of this command; it would be "
                                  "overwritten")
     return p
@@ -271,8 +445,9 @@ def out_dir(path: str | Path, inputs: Iterable[str | Path] = (), flag: str = "--
 
 
 def write_out(path: Path | None, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` (atomically; NaN becomes null), if given."""
-    if path is not None:
+    """Write ``payload`` as JSON to ``path`` (atomically; NaN becomes null), if given; under
+    torchrun rank 0 alone writes."""
+    if path is not None and distributed.is_main():
         write_json(path, payload)
         print(f"wrote {path}")
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from robustkit.cli import common
-from robustkit.core import predict, versions
+from robustkit.core import distributed, predict, versions
 from robustkit.errors import RobustkitError
 from robustkit.explain.alignment import alignment
 from robustkit.explain.attribution import attribute
@@ -45,7 +45,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser, methods: str, n: int) -> None:
-    p.add_argument("--checkpoint", required=True)
+    common.add_model_args(p)  # --checkpoint or --model SPEC
     p.add_argument("--methods", help=f"comma-separated method names (default: {methods})")
     p.add_argument("--target", choices=["label", "prediction"], default="label",
                    help="the class to explain (default: the true label)")
@@ -87,7 +87,7 @@ def _setup(args: argparse.Namespace, default: list[str]) -> _Job:
     out = common.out_dir(args.out)
     model, dataset, x, y = common.load_for_attack(args)
     pred = predict(model, x).argmax(1)
-    record = {"checkpoint": args.checkpoint, "dataset": dataset, "n": len(y),
+    record = {**common.model_record(args), "dataset": dataset, "n": len(y),
               "target": args.target, "seed": args.seed, "methods": methods}
     return _Job(methods, model, x, y, pred, y if args.target == "label" else pred, out, record)
 
@@ -107,7 +107,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     maps, results, seconds = {}, {}, {}
     for m in job.methods:
         start = time.perf_counter()
-        maps[m] = attribute(job.model, job.x, job.target, method=m, batch_size=args.batch_size)
+        # Under torchrun each rank explains its shard of the images; all get every map.
+
+        def explain_block(xs: torch.Tensor, ts: torch.Tensor, m: str = m) -> torch.Tensor:
+            return attribute(job.model, xs, ts, method=m, batch_size=args.batch_size)
+
+        maps[m] = distributed.shard_map(explain_block, job.x, job.target,
+                                        block=args.batch_size or 32)
         seconds[m] = time.perf_counter() - start
         results[m] = faithfulness(job.model, job.x, job.target, maps[m], steps=args.steps,
                                   seed=args.seed, batch_size=args.batch_size)
@@ -117,10 +123,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print("alignment with the image (Spearman of |map| with the pixels; Tsipras et al. "
           "2019): " + ", ".join(f"{m} {a.means()['spearman']:.3f}" for m, a in aligned.items()))
     labels = [f"label {a}, pred {b}" for a, b in zip(job.y.tolist(), job.pred.tolist())]
-    job.out.mkdir(parents=True, exist_ok=True)
-    plot(job.x, maps, labels=labels, path=job.out / "explanations.png")
-    plot_faithfulness(results, path=job.out / "faithfulness.png")
-    print(f"wrote {job.out / 'explanations.png'} and {job.out / 'faithfulness.png'}")
+    if distributed.is_main():  # rank 0 alone writes
+        job.out.mkdir(parents=True, exist_ok=True)
+        plot(job.x, maps, labels=labels, path=job.out / "explanations.png")
+        plot_faithfulness(results, path=job.out / "faithfulness.png")
+        print(f"wrote {job.out / 'explanations.png'} and {job.out / 'faithfulness.png'}")
     job.record["steps"] = args.steps
     job.record["results"] = {m: {"seconds": seconds[m], "options": options_of(m), **results[m],
                                  "alignment": aligned[m].to_dict(per_example=True)}
@@ -141,9 +148,10 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     print(f"{args.mode} randomization, {len(job.y)} {job.record['dataset']} test images "
           f"({seconds:.1f}s); Spearman rank correlation of |attribution| with the original:")
     print(result.table("spearman_abs"))
-    job.out.mkdir(parents=True, exist_ok=True)
-    plot_sanity(result, path=job.out / "sanity.png")
-    print(f"wrote {job.out / 'sanity.png'}")
+    if distributed.is_main():  # rank 0 alone writes
+        job.out.mkdir(parents=True, exist_ok=True)
+        plot_sanity(result, path=job.out / "sanity.png")
+        print(f"wrote {job.out / 'sanity.png'}")
     job.record.update(mode=args.mode, seconds=seconds, sanity=result.to_dict())
     _finish(job.out, "sanity.json", job.record)
     return 0

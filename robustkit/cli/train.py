@@ -1,4 +1,5 @@
-"""``robustkit train``: a registered model trained on a registered dataset and saved as a
+"""``robustkit train``: a model (a registered name or a spec: ``torchvision:NAME``,
+``timm:NAME``, ``package.module:factory``) trained on a registered dataset and saved as a
 checkpoint; thin over :func:`robustkit.train.train_and_save`.
 
 A killed run started again goes on from ``OUT.resume`` (``--fresh`` starts over).
@@ -6,6 +7,7 @@ A killed run started again goes on from ``OUT.resume`` (``--fresh`` starts over)
 Example:
     robustkit train --model alexnet --dataset mnist-5k --out m.pt
     robustkit train --model alexnet --adversarial pgd --eps 0.3 --out robust.pt
+    robustkit train --model mypackage.nets:small_cnn --model-options width=32 --out m.pt
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from robustkit.cli import common
 from robustkit.config import TrainConfig
 from robustkit.core import check_writable
 from robustkit.errors import RobustkitError
+from robustkit.models.building import check as check_model
 from robustkit.train import epoch_line, train_and_save
 
 LOSS_ALIASES = {"ce": "cross_entropy", "cross_entropy": "cross_entropy", "mse": "mse"}
@@ -31,8 +34,13 @@ ADVERSARIAL_FLAGS = {"eps": "eps", "adv_norm": "norm", "adv_steps": "steps"}
 
 def add_parsers(sub: Any) -> None:
     """Add ``train`` to an argparse subparsers object."""
-    p = sub.add_parser("train", help="train a registered model on a dataset and save a checkpoint")
-    p.add_argument("--model", required=True, help="registered model name (logistic, mlp, alexnet)")
+    p = sub.add_parser("train", help="train a model on a dataset and save a checkpoint")
+    p.add_argument("--model", required=True, metavar="SPEC",
+                   help="a registered model name (robustkit list), torchvision:NAME, "
+                        "timm:NAME or package.module:factory")
+    p.add_argument("--model-options", type=common.model_options, action="append", default=[],
+                   metavar="KEY=VALUE,...",
+                   help="the model's options (e.g. width=16 or hidden=[64,32])")
     p.add_argument("--dataset", default="mnist-5k",
                    help="registered dataset name (default mnist-5k)")
     p.add_argument("--epochs", type=common.positive_int, help="default: the model's tuned setting")
@@ -89,14 +97,17 @@ def _settings(args: argparse.Namespace) -> tuple[TrainConfig, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, save the checkpoint at ``--out`` and print the test accuracy."""
     start = time.perf_counter()
-    data.spec(args.dataset)  # unknown names fail here, before any work
-    models.MODELS.get(args.model)
+    ds = data.spec(args.dataset)  # unknown names fail here, before any work
+    options = common.merged_options(args)
+    # The spec, its options, and (on the meta device) that it runs on the dataset's images
+    # and gives its number of logits.
+    check_model(args.model, ds.in_shape, ds.num_classes, ds.mean, ds.std, options)
     cfg, adversarial = _settings(args)
     out = check_writable(args.out, "--out")
     common.out_file(f"{args.out}.resume", flag="--out (its resume file)")
     model, history = train_and_save(
         args.model, args.dataset, out, config=cfg, seed=args.seed, train_size=args.train_size,
-        adversarial=adversarial, device=args.device,
+        options=options, adversarial=adversarial, device=args.device,
         amp={"auto": None, "on": True, "off": False}[args.amp], eval_every=args.eval_every,
         quiet=args.quiet, root=args.root, download=args.download, fresh=args.fresh,
         log=lambda line: print(line, flush=True))

@@ -16,7 +16,7 @@ from typing import Any
 
 from robustkit.attacks.binding import check_options
 from robustkit.cli import common
-from robustkit.core import pick_device
+from robustkit.core import distributed, pick_device
 from robustkit.errors import RobustkitError
 from robustkit.transfer import transfer_matrix
 
@@ -93,7 +93,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
                                for s, row in m.fooled.items()},
         } for eps, m in results.items()],
     }
-    if out is not None and png is not None:
+    if out is not None and png is not None and distributed.is_main():
         from robustkit.report.figures import transfer_heatmaps
 
         common.write_out(out, payload)

@@ -14,7 +14,9 @@ Example (``torchrun --nproc-per-node 2 script.py``)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -66,3 +68,49 @@ def barrier() -> None:
     """Wait for every rank (no-op alone)."""
     if active():
         dist.barrier()
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+@contextmanager
+def session() -> Iterator[None]:
+    """A process group for the block when torchrun launched several processes and none
+    exists yet: NCCL with CUDA (each process on its ``LOCAL_RANK`` GPU), gloo otherwise;
+    destroyed at the end. Elsewhere it does nothing."""
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shard_map(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor,
+              block: int = 32) -> Tensor:
+    """``fn`` over the rows of ``(x, y)`` in aligned blocks of ``block`` rows, this rank's
+    blocks only (:class:`robustkit.core.stream.Shard`), gathered in row order: on every
+    rank the same tensor, bit for bit, as one process computing the same blocks, for an
+    ``fn`` that treats each row alone (attributions, per-example scores)."""
+    shard = current_shard()
+    index, values = [], []
+    for start, stop in shard.blocks(len(x), block):
+        index.append(torch.arange(start, stop))
+        values.append(fn(x[start:stop], y[start:stop]).detach().cpu())
+    if not active():
+        return torch.cat(values)
+    if not values:  # fewer blocks than ranks: this rank sends an empty part
+        shape = fn(x[:1], y[:1]).shape[1:]
+        index, values = [torch.empty(0, dtype=torch.long)], [torch.empty(0, *shape)]
+    return gather({"index": torch.cat(index), "value": torch.cat(values)})["value"]

@@ -90,8 +90,8 @@ def as_logits(out: Any, what: str) -> Tensor:
         hint = (f" with keys {sorted(map(str, out))[:5]}" if isinstance(out, dict) else "")
         raise RobustkitError(
             f"{what}: the model returned a {kind}{hint}, not a tensor of logits (N, K); "
-            f"wrap it in a module whose forward returns the logits tensor (an output "
-            f"adapter, e.g. lambda out: out['logits'])")
+            f"pick the logits with robustkit.models.wrap(model, output=...) (a key, an "
+            f"index or a function, e.g. output='logits')")
     if out.ndim != 2:
         raise RobustkitError(
             f"{what}: the model must return logits (N, K), got shape {tuple(out.shape)}")

@@ -10,8 +10,12 @@ Every evaluation takes ``data`` in one of three forms and walks it with :func:`b
 Each :class:`Batch` carries the examples' global indices (their position in ``data``), so
 per-example randomness can be seeded by index (a result then depends neither on the batch
 size nor on the number of processes) and per-example results can be put back in example
-order. With a :class:`Shard`, a process keeps only the examples whose index belongs to it
-(``index % world == rank``), without shuffling.
+order. The examples are cut into aligned blocks of ``batch_size`` (block ``k`` holds the
+indices ``[k * batch_size, (k + 1) * batch_size)``), each block one batch; with a
+:class:`Shard`, a process keeps the blocks that belong to it (``k % world == rank``),
+without shuffling. So every example is computed in the same batch, with the same
+neighbours, whatever the number of processes: results are bit-identical, not just equal
+up to the last float bit that a different batch composition would change.
 
 Example:
     >>> for b in batches((x, y), 256):                          # doctest: +SKIP
@@ -36,7 +40,8 @@ Data = Any
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's part of the examples: those whose global index ``% world == rank``."""
+    """This process's part of the examples: the blocks ``k`` (of ``batch_size`` examples
+    each) with ``k % world == rank``."""
 
     rank: int = 0
     world: int = 1
@@ -45,9 +50,14 @@ class Shard:
         if not (0 <= self.rank < self.world):
             raise RobustkitError(f"shard: rank must be in [0, {self.world}), got {self.rank}")
 
-    def keep(self, index: Tensor) -> Tensor:
-        """A mask (B,) of the indices that belong to this shard."""
-        return index % self.world == self.rank
+    def blocks(self, n: int, block: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of this shard's blocks among ``n`` examples."""
+        for k in range(self.rank, -(-n // block), self.world):
+            yield k * block, min(n, (k + 1) * block)
+
+    def owns(self, start: int, block: int) -> bool:
+        """Whether the block starting at index ``start`` is this shard's."""
+        return (start // block) % self.world == self.rank
 
 
 @dataclass(frozen=True)
@@ -92,48 +102,63 @@ def _pair(item: Any, what: str) -> tuple[Tensor, Tensor]:
 def _from_dataset(data: Dataset, batch_size: int, shard: Shard, what: str
                   ) -> Iterator[Batch]:
     n = len(data)  # type: ignore[arg-type]
-    mine = torch.arange(shard.rank, n, shard.world)
-    for i in range(0, len(mine), batch_size):
-        index = mine[i:i + batch_size]
-        items = [_pair(data[int(j)], what) for j in index]
-        yield Batch(index, torch.stack([x for x, _ in items]),
+    for start, stop in shard.blocks(n, batch_size):
+        items = [_pair(data[j], what) for j in range(start, stop)]
+        yield Batch(torch.arange(start, stop), torch.stack([x for x, _ in items]),
                     torch.stack([y.reshape(()) for _, y in items]))
 
 
 def _from_loader(data: DataLoader, batch_size: int, shard: Shard, what: str
                  ) -> Iterator[Batch]:
     """A DataLoader over a map-style dataset in order: each process loads only its own
-    examples (a Subset with the loader's batch size, workers and collate function)."""
+    blocks (a Subset, with the loader's workers and collate function)."""
     dataset = data.dataset
     n = len(dataset)  # type: ignore[arg-type]
-    mine = torch.arange(shard.rank, n, shard.world)
-    loader = DataLoader(Subset(dataset, mine.tolist()), batch_size=data.batch_size or 1,
+    mine = [i for start, stop in shard.blocks(n, batch_size) for i in range(start, stop)]
+    loader = DataLoader(Subset(dataset, mine), batch_size=batch_size,
                         num_workers=data.num_workers, collate_fn=data.collate_fn,
                         pin_memory=data.pin_memory)
-    seen = 0
-    for item in loader:
-        x, y = _pair(item, what)
-        index = mine[seen:seen + len(x)]
-        seen += len(x)
-        for i in range(0, len(x), batch_size):
-            yield Batch(index[i:i + batch_size], x[i:i + batch_size], y[i:i + batch_size])
+    yield from _aligned(loader, batch_size, Shard(), what, torch.tensor(mine, dtype=torch.long))
 
 
-def _from_iterable(data: Iterable[Any], batch_size: int, shard: Shard, what: str
-                   ) -> Iterator[Batch]:
-    seen = 0
+def _aligned(data: Iterable[Any], batch_size: int, shard: Shard, what: str,
+             positions: Tensor | None = None) -> Iterator[Batch]:
+    """Re-cut an iterable's own batches into aligned blocks of ``batch_size`` and keep
+    this shard's. ``positions`` maps the iterable's running count to global indices (a
+    Subset of blocks); by default the count is the index."""
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    held = seen = 0
     for item in data:
         x, y = _pair(item, what)
-        if x.ndim == 3:  # an iterable of single examples: make them batches of one
+        if x.ndim == 3:  # an iterable of single examples: batches of one
             x, y = x[None], y.reshape(1)
-        index = torch.arange(seen, seen + len(x))
-        seen += len(x)
-        keep = shard.keep(index)
-        if keep.any():
-            sel = keep.nonzero().squeeze(1)
-            for i in range(0, len(sel), batch_size):
-                part = sel[i:i + batch_size]
-                yield Batch(index[part], x[part], y[part])
+        xs.append(x)
+        ys.append(y.reshape(-1))
+        held += len(x)
+        while held >= batch_size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            block = _block(x_all[:batch_size], y_all[:batch_size], seen, positions, shard,
+                           batch_size)
+            if block is not None:
+                yield block
+            xs, ys = [x_all[batch_size:]], [y_all[batch_size:]]
+            held -= batch_size
+            seen += batch_size
+    if held:
+        block = _block(torch.cat(xs), torch.cat(ys), seen, positions, shard, batch_size)
+        if block is not None:
+            yield block
+
+
+def _block(x: Tensor, y: Tensor, seen: int, positions: Tensor | None, shard: Shard,
+           batch_size: int) -> Batch | None:
+    index = torch.arange(seen, seen + len(x))
+    if positions is not None:
+        index = positions[index]
+    elif not shard.owns(seen, batch_size):
+        return None
+    return Batch(index, x, y)
 
 
 def batches(data: Data, batch_size: int, *, shard: Shard | None = None,
@@ -143,8 +168,8 @@ def batches(data: Data, batch_size: int, *, shard: Shard | None = None,
     Args:
         data: ``(x, y)`` tensors, a map-style Dataset of ``(image, label)``, or an
             iterable of ``(x, y)`` batches (a DataLoader).
-        batch_size: the most examples per batch (an iterable's own batches are split,
-            never merged).
+        batch_size: the examples per batch (the last may hold fewer): an iterable's own
+            batches are re-cut into aligned blocks of this size.
         shard: keep only this process's examples (default: all).
         what: the entry point, for messages.
 
@@ -159,14 +184,8 @@ def batches(data: Data, batch_size: int, *, shard: Shard | None = None,
         if len(x) != len(y):
             raise RobustkitError(
                 f"{what}: batch-size mismatch: {len(x)} images but {len(y)} labels")
-        mine = torch.arange(shard.rank, len(y), shard.world)
-        contiguous = shard.world == 1
-        for i in range(0, len(mine), batch_size):
-            index = mine[i:i + batch_size]
-            if contiguous:  # views, no copy
-                yield Batch(index, x[i:i + len(index)], y[i:i + len(index)])
-            else:
-                yield Batch(index, x[index], y[index])
+        for start, stop in shard.blocks(len(y), batch_size):  # views, no copy
+            yield Batch(torch.arange(start, stop), x[start:stop], y[start:stop])
         return
     if isinstance(data, Dataset) and not isinstance(data, DataLoader) \
             and hasattr(data, "__getitem__") and hasattr(data, "__len__"):
@@ -187,7 +206,7 @@ def batches(data: Data, batch_size: int, *, shard: Shard | None = None,
         raise RobustkitError(
             f"{what}: data must be (x, y) tensors, a Dataset or an iterable of (x, y) "
             f"batches (a DataLoader), got {type(data).__name__}")
-    yield from _from_iterable(data, batch_size, shard, what)
+    yield from _aligned(data, batch_size, shard, what)
 
 
 def as_tensors(data: Data, what: str = "data") -> tuple[Tensor, Tensor]:

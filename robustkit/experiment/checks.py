@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,10 +28,18 @@ from robustkit import data, explain, models
 from robustkit.attacks import check_options, spec
 from robustkit.core import pick_device
 from robustkit.errors import RobustkitError
+from robustkit.models.building import check as check_build
 from robustkit.models.checkpoint import read as read_checkpoint
+from robustkit.models.foreign import LIBRARIES
+from robustkit.models.wrap import check_mean_std
 
 #: ``package.module:function``, both sides Python names.
 _IMPORT = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def is_library(spec: str) -> bool:
+    """Whether ``spec`` is ``torchvision:NAME`` or ``timm:NAME``."""
+    return spec.partition(":")[0] in LIBRARIES
 
 
 def dataset(name: str, where: str) -> data.DatasetSpec:
@@ -78,14 +87,51 @@ def attack_options(attack: str, options: Mapping[str, Any], where: str, *,
         check_options(attack, {k: value}, what=field)
 
 
-def model(arch: str, options: Mapping[str, Any], ds: data.DatasetSpec, where: str) -> None:
-    """``arch`` is registered, takes each of ``options``, and builds with them for the
-    dataset's shape; the model is built on the ``meta`` device (no memory is allocated,
-    however large the options ask it to be)."""
+def model(arch: str, options: Mapping[str, Any], ds: data.DatasetSpec, where: str, *,
+          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+          output: str | int | None = None, weights: str | None = None) -> None:
+    """``arch`` (a registered name or a spec) exists, takes each of ``options``, and builds
+    with them for the dataset's shape; the model is built on the ``meta`` device (no
+    memory is allocated, however large the options ask it to be), and a foreign one run
+    there on the dataset's shape. With ``weights``, the file is read and every weight's
+    name and shape compared with the model's (``mean``, ``std``, ``output`` as in
+    :func:`robustkit.models.build`)."""
     try:
-        factory = models.MODELS.get(arch).factory
+        kind = models.check_spec(arch)
     except RobustkitError as err:
         raise RobustkitError(f"{where}.arch: {err}") from None
+    if kind == "registered":
+        _registered_options(arch, options, where)
+    else:
+        try:
+            models.check_options(arch, options)
+        except RobustkitError as err:
+            raise RobustkitError(f"{where}.options: {err}") from None
+    if mean is not None or std is not None:
+        try:
+            check_mean_std(mean, std, channels=ds.in_shape[0])
+        except RobustkitError as err:
+            raise RobustkitError(f"{where}.mean: {err}") from None
+    if kind == "registered" and weights is None:
+        _meta_build(arch, options, ds, where)
+        return
+    # A model the run trains normalizes with the dataset's mean and std (train_and_save).
+    norm = (mean, std) if weights is not None else (ds.mean, ds.std)
+    try:
+        check_build(arch, ds.in_shape, ds.num_classes, *norm, options, output=output)
+    except RobustkitError as err:
+        raise RobustkitError(f"{where}: {err}") from None
+    if weights is not None:
+        try:
+            check_build(arch, ds.in_shape, ds.num_classes, mean, std, options, output=output,
+                        weights=weights)
+        except RobustkitError as err:
+            raise RobustkitError(f"{where}.weights: {err}") from None
+
+
+def _registered_options(arch: str, options: Mapping[str, Any], where: str) -> None:
+    """Each option is a parameter of the registered factory (unless it takes any)."""
+    factory = models.MODELS.get(arch).factory
     params = list(inspect.signature(factory).parameters.values())[4:]  # after (shape, K, mean, std)
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -93,6 +139,10 @@ def model(arch: str, options: Mapping[str, Any], ds: data.DatasetSpec, where: st
             if k not in valid:
                 raise RobustkitError(f"{where}.options.{k}: model {arch!r} takes no option "
                                      f"{k!r}; its options: {', '.join(valid) or 'none'}")
+
+
+def _meta_build(arch: str, options: Mapping[str, Any], ds: data.DatasetSpec, where: str) -> None:
+    """Build the registered model on the ``meta`` device with ``options``."""
     try:
         with torch.device("meta"):
             models.create(arch, ds.in_shape, ds.num_classes, ds.mean, ds.std, **options)
@@ -104,8 +154,10 @@ def model(arch: str, options: Mapping[str, Any], ds: data.DatasetSpec, where: st
                              f"{dict(options)}: {err}") from None
 
 
-def checkpoint(path: str, ds: data.DatasetSpec, where: str) -> None:
-    """An existing robustkit checkpoint of a model for the dataset's images and classes."""
+def checkpoint(path: str, ds: data.DatasetSpec, where: str, trust: str | None = None) -> None:
+    """An existing robustkit checkpoint of a model for the dataset's images and classes;
+    a checkpoint of a ``package.module:factory`` model only when ``trust`` (the entry's
+    ``arch``) names that factory, and ``trust`` only for one."""
     p = Path(path)
     try:
         found = p.is_file()
@@ -123,6 +175,16 @@ def checkpoint(path: str, ds: data.DatasetSpec, where: str) -> None:
         raise RobustkitError(
             f"{where}: checkpoint {p} is a model of {shape} images and {classes} classes; "
             f"{ds.name} has {list(ds.in_shape)} and {ds.num_classes}")
+    name = payload.get("name")
+    factory = bool(_IMPORT.fullmatch(str(name))) and not is_library(str(name))
+    arch = where.rsplit(".", 1)[0] + ".arch"
+    if factory and trust != name:
+        raise RobustkitError(
+            f"{where}: checkpoint {p} holds a model built by calling {name}, code that the "
+            f"file names; set arch = {json.dumps(name)} beside it to trust that factory")
+    if trust is not None and not factory:
+        raise RobustkitError(f"{arch}: does not apply to a model read from a checkpoint "
+                             f"(only to trust the factory of a factory model); remove it")
 
 
 def methods(names: Sequence[str], where: str) -> None:

@@ -9,7 +9,9 @@ mistake with the field's dotted path (``experiment.attacks[1].options.steps: ...
   integers in [0, 2**32), the ``[minimal]`` target a class of the dataset;
 - names that are not safe folder names (:func:`robustkit.core.check_name`: no ``.`` or
   ``..``, ``/``, NUL or control characters, at most 100 bytes), or repeated;
-- unknown datasets, models, explanation methods, devices, and missing checkpoints;
+- unknown datasets, models (registered names and specs: ``torchvision:NAME``,
+  ``timm:NAME``, ``package.module:factory``), explanation methods, devices, missing
+  checkpoints and weights files (a state dict that does not fit its model);
 - every ``options`` table, against the signature of what it configures: attacks (and
   their eps or eps grid) through :func:`robustkit.attacks.check_options`, models through
   their factory, training through :class:`~robustkit.config.TrainConfig`.
@@ -32,6 +34,16 @@ Example (``experiments/quickstart.toml``, shortened)::
     sources = ["mlp"]
     targets = ["mlp"]
     eps = [0.1, 0.2]
+
+A model of your own, by spec, with weights from a state dict (not trained by the run)::
+
+    [[models]]
+    name = "resnet18"
+    arch = "torchvision:resnet18"
+    options = { num_classes = 10 }
+    weights = "w.pt"
+    mean = [0.4914, 0.4822, 0.4465]
+    std = [0.2470, 0.2435, 0.2616]
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from robustkit.config import (NORMS, AdversarialConfig, Reference, TrainConfig, 
 from robustkit.core import check_name
 from robustkit.errors import RobustkitError
 from robustkit.experiment import checks
+from robustkit.models.foreign import parse as parse_spec
 from robustkit.store import MAX_PART_BYTES, part
 
 #: Seeds are integers in [0, MAX_SEED).
@@ -98,14 +111,25 @@ def _safe_name(name: str, field_name: str) -> None:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model of the run: trained by the run (``arch``) or read from ``checkpoint``.
+    """A model of the run: trained by the run (``arch``), read from ``checkpoint``, or
+    built by ``arch`` with ``weights`` from a state dict file.
 
     Attributes:
         name: the model's name in the results and the report (unique, a safe folder name).
-        arch: a registered model name; default ``name``.
+        arch: a registered model name, ``torchvision:NAME``, ``timm:NAME`` or
+            ``package.module:factory``; default ``name``. With ``checkpoint`` it may only
+            name the factory a checkpoint of a factory model is built by (trusting it).
         checkpoint: an existing checkpoint to use instead of training (then ``seeds``
             does not apply: the checkpoint is the same for every seed, and ``options``,
             ``train``, ``adversarial`` and ``train_size`` must be left out).
+        weights: a state dict file (``torch.save(model.state_dict(), f)``) to load into
+            ``arch`` built with ``options`` instead of training (the same for every seed;
+            ``train``, ``adversarial`` and ``train_size`` must be left out).
+        mean, std: with ``weights``, the normalization the weights were trained with
+            (a ``Normalize`` goes in front); default: the file's, else none for a foreign
+            model. A model the run trains normalizes with the dataset's.
+        output: with ``weights``, where the logits are in the model's output: a key or an
+            index (``robustkit.models.wrap``).
         train_size: train on a stratified, seeded subset of this many examples.
         options: the architecture's options (``hidden``, ``activation``, ...).
         train: overrides of the architecture's default :class:`TrainConfig`.
@@ -118,6 +142,10 @@ class ModelEntry:
     name: str
     arch: str = ""
     checkpoint: str | None = None
+    weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    output: str | int | None = None
     train_size: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
@@ -127,14 +155,43 @@ class ModelEntry:
         _safe_name(self.name, "name")
         _require(self.train_size is None or self.train_size > 0, "train_size",
                  f"must be positive, got {self.train_size}")
+        _require(self.checkpoint is None or self.weights is None, "weights",
+                 "give a checkpoint or weights, not both")
         if self.checkpoint is not None:
+            factory = bool(self.arch) and _names_factory(self.arch)
             for key in ("arch", "options", "train", "adversarial", "train_size"):
-                _require(not getattr(self, key), key,
+                _require(not getattr(self, key) or (key == "arch" and factory), key,
                          "does not apply to a model read from a checkpoint; remove it")
+        if self.weights is not None:
+            for key in ("train", "adversarial", "train_size"):
+                _require(not getattr(self, key), key,
+                         "does not apply to a model loaded from weights; remove it")
+        else:
+            for key in ("mean", "std", "output"):
+                _require(getattr(self, key) is None, key,
+                         "applies only with weights (a model the run trains normalizes with "
+                         "the dataset's mean and std and returns its logits)")
+        _require((self.mean is None) == (self.std is None), "mean" if self.mean is None
+                 else "std", "give mean and std together")
+        _require(not isinstance(self.output, str) or bool(self.output), "output",
+                 "must not be empty")
 
     @property
     def architecture(self) -> str:
         return self.arch or self.name
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the run loads this model (a checkpoint or weights) instead of training it."""
+        return self.checkpoint is not None or self.weights is not None
+
+
+def _names_factory(arch: str) -> bool:
+    """Whether ``arch`` is a ``package.module:factory`` spec."""
+    try:
+        return parse_spec(arch)[0] == "factory"
+    except RobustkitError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -368,7 +425,11 @@ def validate(cfg: ExperimentConfig) -> None:
     for i, m in enumerate(cfg.models):
         where = f"experiment.models[{i}]"
         if m.checkpoint is not None:
-            checks.checkpoint(m.checkpoint, ds, f"{where}.checkpoint")
+            checks.checkpoint(m.checkpoint, ds, f"{where}.checkpoint", trust=m.arch or None)
+            continue
+        if m.weights is not None:
+            checks.model(m.architecture, m.options, ds, where, mean=m.mean, std=m.std,
+                         output=m.output, weights=m.weights)
             continue
         checks.model(m.architecture, m.options, ds, where)
         train_config(m, where=f"{where}.train")

@@ -91,11 +91,14 @@ class Context:
         raise RobustkitError(f"the run has no model {name!r}")
 
     def checkpoint(self, name: str, seed: int) -> Path:
-        """Where model ``name`` trained with ``seed`` lives: the entry's own checkpoint, or
-        ``models/NAME-sSEED.pt`` in the run folder (checked to stay inside it)."""
+        """Where model ``name`` trained with ``seed`` lives: the entry's own checkpoint (or
+        weights file), or ``models/NAME-sSEED.pt`` in the run folder (checked to stay
+        inside it)."""
         entry = self.entry(name)
         if entry.checkpoint:
             return Path(entry.checkpoint)
+        if entry.weights:
+            return Path(entry.weights)
         path = self.root / "models" / f"{quote(name, safe='')}-s{int(seed)}.pt"
         try:
             path.resolve().relative_to(self.root.resolve())
@@ -105,10 +108,21 @@ class Context:
         return path
 
     def model(self, name: str, seed: int) -> nn.Module:
-        """Model ``name`` trained with ``seed``, loaded once on the run's device."""
+        """Model ``name`` trained with ``seed``, loaded once on the run's device: from its
+        checkpoint, or built by its ``arch`` with its ``weights``
+        (:func:`robustkit.models.build`)."""
         if (name, seed) not in self.shared.models:
-            self.shared.models[(name, seed)] = models.load(self.checkpoint(name, seed),
-                                                           device=self.device)
+            entry = self.entry(name)
+            if entry.weights:
+                ds = data.spec(self.cfg.dataset)
+                model = models.build(entry.architecture, ds.in_shape, ds.num_classes,
+                                     entry.mean, entry.std, entry.options, output=entry.output,
+                                     weights=entry.weights, device=self.device)
+            else:  # a factory the config names (arch, or the model it trains) is trusted
+                trust = [entry.arch] if entry.checkpoint else [entry.architecture]
+                model = models.load(self.checkpoint(name, seed), device=self.device,
+                                    trust=trust)
+            self.shared.models[(name, seed)] = model
         return self.shared.models[(name, seed)]
 
     def forget(self, name: str, seed: int) -> None:

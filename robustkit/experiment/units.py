@@ -151,7 +151,7 @@ def train(ctx: Context, seed: int) -> Result:
     score it on the test subset."""
     entry: ModelEntry = ctx.section
     path = ctx.checkpoint(entry.name, seed)
-    if not entry.checkpoint and _stored_model(ctx, entry, seed) is None:
+    if not entry.loaded and _stored_model(ctx, entry, seed) is None:
         train_and_save(ctx, entry, seed, path)
         ctx.forget(entry.name, seed)
     model = ctx.model(entry.name, seed)

@@ -11,6 +11,12 @@ refuses NaN or Inf weights and a normalization std that is not > 0, and only the
 the model for real. A checksum is not a signature: anyone can recompute it, so these
 checks stand on their own.
 
+A model named by a spec (:mod:`robustkit.models.foreign`) is rebuilt the same way:
+``torchvision:NAME`` and ``timm:NAME`` with their stored options (never downloading
+weights). A ``package.module:factory`` model is built by importing and calling code that
+the file names, so :func:`load` refuses it unless the caller trusts that factory by name
+(``trust=[...]``, ``--trust-factory`` at the command line).
+
 Checkpoints of format version 1 (written before checksums) still load, with a warning
 that they cannot be verified.
 
@@ -30,7 +36,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +45,9 @@ from torch import nn
 
 from robustkit.core import versions, write_atomic
 from robustkit.errors import RobustkitError
+from robustkit.models import foreign
 from robustkit.models.normalize import Normalize
-from robustkit.models.zoo import _plain, create
+from robustkit.models.zoo import _plain, check_spec, construct
 
 FORMAT = "robustkit-checkpoint"
 #: 2 added the checksums; version 1 files still load, with a warning.
@@ -48,13 +55,18 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 #: The fields that describe the model (the arguments of :func:`robustkit.models.create`).
 SPEC_KEYS = ("name", "in_shape", "num_classes", "mean", "std", "options")
+#: Fields a model's description holds only when they are set (a foreign model's
+#: ``output``), so the checksums of checkpoints written before them stay the same.
+OPTIONAL_SPEC_KEYS = ("output",)
 
 
 def save(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
     """Write ``model`` and ``metadata`` to ``path`` atomically (temporary file, then rename).
 
     Args:
-        model: a module made by :func:`robustkit.models.create`.
+        model: a module made by :func:`robustkit.models.create` or
+            :func:`robustkit.models.build`, or one of those wrapped by
+            :func:`robustkit.models.wrap`.
         path: the destination file.
         metadata: plain values (numbers, strings, lists, dicts), e.g. dataset, train size,
             seed, epochs, test accuracy. Versions and the git commit are added.
@@ -68,11 +80,17 @@ def save(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
     """
     spec = getattr(model, "robustkit_spec", None)
     if spec is None:
-        raise RobustkitError("save needs a model made by robustkit.models.create")
+        raise RobustkitError(
+            "save needs a model made by robustkit.models.create or robustkit.models.build "
+            "(or one of those wrapped by robustkit.models.wrap), which describes how to build "
+            "it again; for a torchvision model use robustkit.models.build('torchvision:NAME', "
+            "...) with weights=FILE")
     meta = {**versions(), **_plain(metadata)}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
                                **{k: spec[k] for k in SPEC_KEYS},
+                               **{k: spec[k] for k in OPTIONAL_SPEC_KEYS
+                                  if spec.get(k) is not None},
                                "state_dict": state, "metadata": meta}
     payload["checksum"] = checksums(payload)
     buffer = io.BytesIO()
@@ -84,14 +102,15 @@ def checksums(payload: Mapping[str, Any]) -> dict[str, str]:
     """SHA-256 checksums of a checkpoint's weights, model description and metadata.
 
     The weights' checksum runs over every tensor in name order: its name, dtype, shape and
-    bytes. The description's (name, in_shape, num_classes, mean, std, options) and the
-    metadata's run over their JSON with sorted keys.
+    bytes. The description's (name, in_shape, num_classes, mean, std, options, and output
+    where the payload has one) and the metadata's run over their JSON with sorted keys.
 
     Returns:
         ``{"algorithm": "sha256", "weights": hex, "spec": hex, "metadata": hex}``.
     """
     return {"algorithm": "sha256", "weights": _weights_digest(payload["state_dict"]),
-            "spec": _json_digest({k: payload[k] for k in SPEC_KEYS}),
+            "spec": _json_digest({k: payload[k] for k in (*SPEC_KEYS, *OPTIONAL_SPEC_KEYS)
+                                  if k in payload}),
             "metadata": _json_digest(payload["metadata"])}
 
 
@@ -215,8 +234,10 @@ def _check_fields(p: Path, payload: dict[str, Any]) -> None:
                      "a list of three integers (C, H, W)"),
         "num_classes": (lambda v: isinstance(v, int) and not isinstance(v, bool),
                         "an integer"),
-        "mean": (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of numbers"),
-        "std": (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of numbers"),
+        "mean": (lambda v: v is None or isinstance(v, list) and all(map(_is_number, v)),
+                 "a list of numbers"),
+        "std": (lambda v: v is None or isinstance(v, list) and all(map(_is_number, v)),
+                "a list of numbers"),
         "options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                     "a table of options"),
         "state_dict": (lambda v: isinstance(v, dict) and all(
@@ -228,9 +249,13 @@ def _check_fields(p: Path, payload: dict[str, Any]) -> None:
         if key not in payload or not ok(payload[key]):
             raise RobustkitError(f"checkpoint {p} is damaged: its {key!r} is missing or not "
                                  f"{kind}")
+    output = payload.get("output")
+    if "output" in payload and (isinstance(output, bool) or not isinstance(output, (str, int))):
+        raise RobustkitError(f"checkpoint {p} is damaged: its 'output' is not a key or an index")
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+         trust: Collection[str] = ()) -> nn.Module:
     """Rebuild the model saved at ``path``, on ``device``, in eval mode.
 
     The file is read and verified by :func:`read`. The model is first built on the
@@ -238,19 +263,33 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     name and shape must match the file's, every weight must be finite and every
     normalization std > 0 before the model is built for real.
 
+    Args:
+        path: the checkpoint file.
+        device: where the model goes.
+        trust: ``package.module:factory`` specs that may be imported and called to build
+            the model; a checkpoint of a factory model not listed is refused (the file
+            names the code, so loading it would run whatever the file says).
+
     Returns:
         The module, with ``robustkit_metadata`` holding the saved metadata.
 
     Raises:
         RobustkitError: as :func:`read`, or the weights do not fit the model its
-            description builds, hold NaN or Inf, or hold a std that is not > 0.
+            description builds, hold NaN or Inf, or hold a std that is not > 0, or the
+            model is built by a factory that ``trust`` does not name.
     """
     p = Path(path)
     payload = _read(p, stacklevel=3)
-    args = [payload[k] for k in ("name", "in_shape", "num_classes", "mean", "std")]
+    _check_trusted(p, payload["name"], trust)
+    name, options, output = payload["name"], payload["options"], payload.get("output")
+    shape, classes, mean, std = (payload[k] for k in ("in_shape", "num_classes", "mean", "std"))
     try:
+        check_spec(payload["name"])  # a factory's module is imported here, not on meta
         with torch.device("meta"):  # shapes only: nothing is allocated
-            skeleton = create(*args, **payload["options"])
+            skeleton = construct(name, shape, classes, mean, std, options, output)
+        if foreign.is_foreign(payload["name"]):
+            foreign.check_forward(skeleton, payload["in_shape"], payload["num_classes"],
+                                  f"model {payload['name']!r}")
     except RobustkitError as err:
         raise RobustkitError(f"checkpoint {p}: {err}") from None
     except Exception as err:  # noqa: BLE001 - options from an untrusted file
@@ -259,7 +298,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     state = payload["state_dict"]
     _check_fit(p, payload["name"], skeleton, state)
     _check_values(p, skeleton, state)
-    model = create(*args, **payload["options"])
+    model = construct(name, shape, classes, mean, std, options, output)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -267,6 +306,20 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
                              f"({_plain_text(err)})") from None
     model.robustkit_metadata = payload["metadata"]
     return model.to(device).eval()
+
+
+def _check_trusted(p: Path, name: str, trust: Collection[str]) -> None:
+    """Refuse, before importing anything, a factory model that the caller does not trust."""
+    try:
+        kind = foreign.parse(name)[0]
+    except RobustkitError as err:
+        raise RobustkitError(f"checkpoint {p}: {err}") from None
+    if kind == "factory" and name not in set(trust):
+        raise RobustkitError(
+            f"checkpoint {p}: its model is built by calling {name}, code that the file "
+            f"names; loading it would import and run that code, so it is refused unless you "
+            f"trust it: --trust-factory {name} (robustkit.models.load(path, "
+            f"trust=[{name!r}]))")
 
 
 def _check_fit(p: Path, name: str, skeleton: nn.Module, state: dict[str, torch.Tensor]
