@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustkit.attacks.base import check_result, generator, threat_model
+from robustkit.attacks.base import check_result, fooled, generator, threat_model
 from robustkit.attacks.binding import AttackSpec, BoundAttack, bind, check_options
 from robustkit.attacks.pgd import iterate
 from robustkit.core import (borrowed, check_eps, check_inputs, check_labels,
@@ -257,13 +257,14 @@ def _bisection_curve(model: nn.Module, data: Data, eps_list: list[float], s: Att
                      options: dict[str, Any]) -> list[dict[str, Any]]:
     """The pgd/bim curve by per-example bisection over the grid, batch by batch (each
     example's bisection is its own, so batching and sharding change nothing)."""
-    extra = sorted(set(options) - {"steps", "alpha", "norm", "random_start", "targeted"})
+    extra = sorted(set(options) - {"steps", "alpha", "norm", "random_start", "targeted",
+                                    "amp"})
     if extra:
         raise RobustkitError(
-            f"robustness_curve: the {s.name} curve takes steps, alpha, norm, random_start "
-            f"and targeted; not {', '.join(extra)} (seed is its own argument)")
+            f"robustness_curve: the {s.name} curve takes steps, alpha, norm, random_start, "
+            f"targeted and amp; not {', '.join(extra)} (seed is its own argument)")
     opts = {"steps": 10, "alpha": None, "norm": "linf", "random_start": s.name == "pgd",
-            "targeted": False, **options}
+            "targeted": False, "amp": False, **options}
     check_positive_int(opts["steps"], "robustness_curve", "steps")
     if opts["alpha"] is not None:
         check_eps(opts["alpha"], "robustness_curve", "alpha")
@@ -277,7 +278,7 @@ def _bisection_curve(model: nn.Module, data: Data, eps_list: list[float], s: Att
                                         "spent": []}
     first = True
     try:
-        with borrowed(model, "robustness_curve", fast_layout=True):
+        with borrowed(model, "robustness_curve", fast_layout=True, amp=opts["amp"]):
             for b in batches(data, batch_size, shard=shard, what="robustness_curve"):
                 y = b.y.long()
                 if first:
@@ -311,7 +312,7 @@ def _bisect_batch(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, grid: T
     xb = x.to(dev, dtype=model_dtype(model) or x.dtype)
     yb = y.to(dev)
     n, g = len(y), len(grid)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(dev.type, enabled=False):  # judged in float32
         correct = (model(xb).argmax(1) == yb).cpu()  # (B,)
     lo = torch.full((n,), -1, dtype=torch.long)
     hi = torch.full((n,), g, dtype=torch.long)
@@ -333,10 +334,13 @@ def _bisect_batch(model: nn.Module, x: Tensor, y: Tensor, index: Tensor, grid: T
         xs = xb[idx.to(dev)]
         start = tm.start_from(xs, unit[idx.to(dev)], e) if unit is not None else xs
         spent = torch.zeros(len(idx), dtype=torch.long, device=dev)
-        _, success = iterate(model, xs, yb[idx.to(dev)], start, threat=tm, eps=e, alpha=a,
-                             steps=steps, targeted=opts["targeted"], early_stop=True,
-                             spent=spent)
+        x_end, success = iterate(model, xs, yb[idx.to(dev)], start, threat=tm, eps=e,
+                                 alpha=a, steps=steps, targeted=opts["targeted"],
+                                 early_stop=True, spent=spent)
         assert success is not None  # early_stop=True returns the success mask
+        if opts["amp"]:  # the steps ran in mixed precision; success is judged in float32
+            with torch.no_grad(), torch.autocast(dev.type, enabled=False):
+                success = fooled(model(x_end), yb[idx.to(dev)], opts["targeted"])
         hit = success.cpu()
         hi[idx[hit]] = mid[hit]
         lo[idx[~hit]] = mid[~hit]

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustkit.attacks.binding import BoundAttack
-from robustkit.core import check_inputs, check_labels, model_contract, predict
+from robustkit.core import check_inputs, check_labels, model_contract, model_device, predict
 from robustkit.core.distributed import current_shard, gather
 from robustkit.core.stream import Data, batches, is_tensor_pair, size
 from robustkit.errors import RobustkitError
@@ -107,6 +107,7 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
     """
     shard = current_shard()
     total = size(data)
+    device = model_device(next(iter(scorers.values())))
     bar = tqdm(total=None if total is None else len(range(shard.rank, total, shard.world)),
                disable=not progress, unit="img", desc=attack.name if attack else what,
                leave=False)
@@ -120,13 +121,16 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
         for b in batches(data, batch_size, shard=shard, what=what):
             if not is_tensor_pair(data):  # tensors were checked whole, once
                 check_inputs(b.x, b.y, what=what)
-            y = b.y.long()
+            # Moved to the model's device once: the clean pass, the attack and the scoring
+            # of every scorer all read this copy.
+            x = b.x.to(device, non_blocking=True)
+            y = b.y.long().to(device, non_blocking=True)
             if not checked:
                 _checked({**scorers, **({"attacked model": attack.model}
                                         if attack is not None and attack.model is not None
-                                        else {})}, b.x, y, what)
+                                        else {})}, x, y, what)
                 checked = True
-            _score_batch(records, scorers, attack, b.index, b.x, y, only, clean, measure or {})
+            _score_batch(records, scorers, attack, b.index, x, y, only, clean, measure or {})
             bar.update(len(y))
     finally:
         bar.close()
@@ -185,9 +189,10 @@ def _score_batch(records: _Records, scorers: Mapping[str, nn.Module],
                  measure: Mapping[str, Callable[[Tensor, Tensor], Tensor]]) -> None:
     """Record one batch: clean and adversarial correctness per scorer, and the measures."""
     row: dict[str, Tensor] = {"index": index, "label": y.cpu()}
+    y_cpu = y.cpu()
     clean_ok = {}
     for name, scorer in scorers.items():
-        clean_ok[name] = predict(scorer, x).argmax(1) == y.cpu()  # (B,)
+        clean_ok[name] = predict(scorer, x).argmax(1) == y_cpu  # (B,)
         if clean:
             row[f"clean:{name}"] = clean_ok[name]
     if attack is None:
@@ -210,7 +215,7 @@ def _score_batch(records: _Records, scorers: Mapping[str, nn.Module],
             warnings.filterwarnings("ignore", message=".*look like probabilities.*")
             x_adv = attack(x[sel], y[sel], index=index[sel])
         for name, scorer in scorers.items():
-            adv_ok[name][sel] = predict(scorer, x_adv).argmax(1) == y[sel].cpu()
+            adv_ok[name][sel] = predict(scorer, x_adv).argmax(1) == y_cpu[sel.cpu()]
         x_cpu = x[sel].detach().float().cpu()
         for name, fn in measure.items():
             values[name][sel] = fn(x_cpu, x_adv.detach().float().cpu()).float()

@@ -31,7 +31,7 @@ _NONNEG = ("eps", "alpha", "c", "kappa", "lr", "overshoot", "decay", "diversity_
            "max_eps")
 _FRACTION = ("diversity_prob",)
 _POSINT = ("steps", "restarts", "binary_search_steps", "search_steps", "candidates")
-_BOOL = ("random_start", "targeted")
+_BOOL = ("random_start", "targeted", "amp")
 _MAY_BE_NONE = ("alpha", "candidates", "seed")
 
 
@@ -102,7 +102,7 @@ def input_grad(model: nn.Module, x_adv: Tensor, y: Tensor, targeted: bool,
         ``(grad, logits)``: (N, C, H, W) and (N, K), both detached.
     """
     x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv)  # (N, K)
+    logits = model(x_adv).float()  # (N, K); float32 loss also under mixed precision
     if loss == "ce":
         value = F.cross_entropy(logits, y, reduction="sum")
     elif loss == "margin":

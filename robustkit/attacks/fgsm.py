@@ -11,7 +11,7 @@ from robustkit.attacks.threat import THREATS
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-         targeted: bool = False) -> torch.Tensor:
+         targeted: bool = False, amp: bool = False) -> torch.Tensor:
     """FGSM: ``x + eps * sign(grad_x loss)``, clipped to [0, 1].
 
     Goodfellow, Shlens and Szegedy 2014, "Explaining and Harnessing Adversarial Examples",
@@ -23,6 +23,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         y: true labels (N,), or target labels when ``targeted``.
         eps: Linf radius in pixel units, >= 0.
         targeted: step towards ``y`` instead of away from it.
+        amp: take the gradient in mixed precision (float16 on CUDA, bfloat16 on the
+            CPU); the image and its step stay float32.
 
     Returns:
         Adversarial images (N, C, H, W), within eps of ``x`` in Linf and inside [0, 1],
@@ -31,11 +33,11 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     Example:
         >>> x_adv = fgsm(model, x, y, eps=0.1)            # doctest: +SKIP
     """
-    check_values("fgsm", eps=eps, targeted=targeted)
+    check_values("fgsm", eps=eps, targeted=targeted, amp=amp)
     eps = check_eps(eps, "fgsm")
     x0, y0 = prepare(model, x, y, "fgsm")
     tm = THREATS.get("linf")
-    with borrowed(model, "fgsm", fast_layout=True):
+    with borrowed(model, "fgsm", fast_layout=True, amp=amp):
         grad, _ = input_grad(model, x0, y0, targeted)
         e = per_example(eps, len(x0), x0)
         x_adv = tm.project(tm.step(x0, grad, e), x0, e)

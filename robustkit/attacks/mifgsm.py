@@ -48,8 +48,7 @@ def diverse_inputs(x: Tensor, prob: float, scale: float,
 def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
            steps: int = 10, decay: float = 1.0, diversity_prob: float = 0.0,
            diversity_scale: float = 0.1, targeted: bool = False,
-           seed: int | ExampleSeeds | None = None
-           ) -> Tensor:
+           seed: int | ExampleSeeds | None = None, amp: bool = False) -> Tensor:
     """MI-FGSM: Linf iterative steps along the sign of an accumulated, L1-normalized gradient.
 
     Dong et al. 2018, "Boosting Adversarial Attacks with Momentum", arXiv 1710.06081;
@@ -68,6 +67,7 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
         diversity_scale: largest relative shrink of the diverse input.
         seed: seeds the input-diversity draws (an :class:`ExampleSeeds`: each example
             from its own stream).
+        amp: gradients in mixed precision (float16 on CUDA, bfloat16 on the CPU).
 
     Returns:
         Adversarial images (N, C, H, W) inside the Linf eps-ball and [0, 1].
@@ -77,7 +77,7 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
     """
     check_values("mifgsm", eps=eps, alpha=alpha, steps=steps, decay=decay,
                  diversity_prob=diversity_prob, diversity_scale=diversity_scale,
-                 targeted=targeted, seed=seed)
+                 targeted=targeted, seed=seed, amp=amp)
     eps = check_eps(eps, "mifgsm")
     alpha = eps / steps if alpha is None else check_eps(alpha, "mifgsm", "alpha")
     x0, y0 = prepare(model, x, y, "mifgsm")
@@ -86,7 +86,7 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
     e = per_example(eps, len(x0), x0)
     a = per_example(alpha, len(x0), x0)
     sign = -1.0 if targeted else 1.0
-    with borrowed(model, "mifgsm", fast_layout=True):
+    with borrowed(model, "mifgsm", fast_layout=True, amp=amp):
         x_adv = x0
         momentum = torch.zeros_like(x0)  # (N, C, H, W)
         for _ in range(steps):

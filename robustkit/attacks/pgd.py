@@ -42,6 +42,9 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
             x_adv = threat.project(threat.step(x_adv, grad, alpha), x, eps)
         return x_adv, None
 
+    if x.device.type == "cuda":
+        return _iterate_masked(model, x, y, x_start, threat=threat, eps=eps, alpha=alpha,
+                               steps=steps, targeted=targeted, loss=loss, spent=spent)
     x_adv = x_adv.clone()
     success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     active = torch.arange(len(x), device=x.device)  # indices still being attacked
@@ -65,9 +68,32 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
     return x_adv, success
 
 
+def _iterate_masked(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *,
+                    threat: ThreatModel, eps: Tensor, alpha: Tensor, steps: int,
+                    targeted: bool, loss: str, spent: Tensor | None
+                    ) -> tuple[Tensor, Tensor]:
+    """Early stopping without a host sync (for GPUs): every example runs every step, and an
+    example is frozen at its first fooling iterate by a mask instead of being dropped from
+    the batch. The same result as the compacting loop, with no ``.any()`` or indexing by
+    a data-dependent count in the step loop."""
+    x_adv = x_start.clone()
+    success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        grad, logits = input_grad(model, x_adv, y, targeted, loss)
+        if spent is not None:
+            spent += (~success).long()
+        success |= fooled(logits, y, targeted)  # judged at the current iterate
+        moved = threat.project(threat.step(x_adv, grad, alpha), x, eps)
+        x_adv = torch.where(success.view(-1, *([1] * (x.ndim - 1))), x_adv, moved)
+    with torch.no_grad():
+        success |= fooled(model(x_adv).float(), y, targeted)
+    return x_adv, success
+
+
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
         steps: int = 40, norm: str = "linf", random_start: bool = True, restarts: int = 1,
-        targeted: bool = False, seed: int | ExampleSeeds | None = None) -> Tensor:
+        targeted: bool = False, seed: int | ExampleSeeds | None = None,
+        amp: bool = False) -> Tensor:
     """Projected gradient descent on the cross-entropy loss, with random restarts.
 
     Madry, Makelov, Schmidt, Tsipras and Vladu 2017, "Towards Deep Learning Models
@@ -87,6 +113,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
         targeted: descend towards ``y``.
         seed: seeds the random starts (None: the global RNG; an :class:`ExampleSeeds`:
             each example from its own stream, so the result does not depend on the batch).
+        amp: run the forward and backward passes in mixed precision (float16 on CUDA,
+            bfloat16 on the CPU); the iterates stay float32, and an evaluation judges the
+            final images in float32.
 
     Returns:
         Adversarial images (N, C, H, W) inside the eps-ball and [0, 1].
@@ -96,7 +125,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
     """
     what = "pgd" if random_start is True else "bim"
     check_values(what, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
-                 restarts=restarts, targeted=targeted, seed=seed)
+                 restarts=restarts, targeted=targeted, seed=seed, amp=amp)
     eps = check_eps(eps, what)
     check_positive_int(steps, what, "steps")
     check_positive_int(restarts, what, "restarts")
@@ -106,7 +135,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
     gen = generator(seed)
     e = per_example(eps, len(x0), x0)
     a = per_example(alpha, len(x0), x0)
-    with borrowed(model, what, fast_layout=True):
+    with borrowed(model, what, fast_layout=True, amp=amp):
         best = best_loss = best_hit = x0  # placeholders; the first run replaces them
         for run in range(restarts):
             start = tm.random_start(x0, e, gen) if random_start else x0
@@ -116,7 +145,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
                 best = x_adv
                 break
             with torch.no_grad():
-                logits = model(x_adv)
+                logits = model(x_adv).float()
             hit = fooled(logits, y0, targeted)
             loss = F.cross_entropy(logits, y0, reduction="none") * (-1 if targeted else 1)
             if run == 0:
@@ -132,7 +161,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
 
 
 def bim(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
-        steps: int = 10, norm: str = "linf", targeted: bool = False) -> Tensor:
+        steps: int = 10, norm: str = "linf", targeted: bool = False, amp: bool = False
+        ) -> Tensor:
     """Basic iterative method: PGD from the clean image, without random start.
 
     Kurakin, Goodfellow and Bengio 2016, "Adversarial Examples in the Physical World",
@@ -148,4 +178,4 @@ def bim(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
         >>> x_adv = bim(model, x, y, eps=0.1, steps=10)   # doctest: +SKIP
     """
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=False,
-               restarts=1, targeted=targeted)
+               restarts=1, targeted=targeted, amp=amp)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustkit.core import pick_device
 from robustkit.errors import RobustkitError
 from robustkit.models import foreign
 from robustkit.models.checkpoint import FORMAT, _weights_digest, torch_load
@@ -96,14 +97,14 @@ def build(
                                       weights)
     model = construct(spec, in_shape, num_classes, mean, std, options, output)
     if state is None:
-        return model.to(device)
+        return model.to(pick_device(device))
     result = model.load_state_dict(state, strict=False)
     left = [k for k in result.missing_keys if k not in NORMALIZE_KEYS] + result.unexpected_keys
     if left:  # _prepare compared the names already; this is a second look
         raise RobustkitError(f"weights {path} do not fit the model {spec!r}: {left[0]}")
     meta: Any = {"weights": str(path), "weights_sha256": _weights_digest(state)}
     model.robustkit_metadata = meta
-    return model.to(device).eval()
+    return model.to(pick_device(device)).eval()
 
 
 def check(

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.core import versions, write_atomic
+from robustkit.core import pick_device, versions, write_atomic
 from robustkit.errors import RobustkitError
 from robustkit.models import foreign
 from robustkit.models.normalize import Normalize
@@ -254,7 +254,7 @@ def _check_fields(p: Path, payload: dict[str, Any]) -> None:
         raise RobustkitError(f"checkpoint {p} is damaged: its 'output' is not a key or an index")
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
+def load(path: str | os.PathLike, device: str | torch.device = "auto", *,
          trust: Collection[str] = ()) -> nn.Module:
     """Rebuild the model saved at ``path``, on ``device``, in eval mode.
 
@@ -265,7 +265,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
 
     Args:
         path: the checkpoint file.
-        device: where the model goes.
+        device: where the model goes: ``auto`` (default: CUDA, then MPS, then the CPU),
+            ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a ``torch.device``.
         trust: ``package.module:factory`` specs that may be imported and called to build
             the model; a checkpoint of a factory model not listed is refused (the file
             names the code, so loading it would run whatever the file says).
@@ -305,7 +306,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *,
         raise RobustkitError(f"checkpoint {p}: weights do not fit the model "
                              f"({_plain_text(err)})") from None
     model.robustkit_metadata = payload["metadata"]
-    return model.to(device).eval()
+    return model.to(pick_device(device)).eval()
 
 
 def _check_trusted(p: Path, name: str, trust: Collection[str]) -> None:
