@@ -47,7 +47,7 @@ OCCLUSION = {"sliding_window_shapes": (1, 4, 4), "strides": 2}
 
 
 def balanced(n: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """n class-balanced mnist-5k test images and labels (the split is ordered by class)."""
+    """n class-balanced mnist-5k test images and labels."""
     x, y = data.load_tensors("mnist-5k", "test")
     keep = torch.from_numpy(data.stratified_indices(y.numpy(), n, seed=0))
     return x[keep].to(device), y[keep].to(device)

@@ -99,7 +99,7 @@ def mnist_1000(session_cache):
 
 @pytest.fixture(scope="session")
 def trained_mlp(mnist_1000):
-    """An MLP 784 -> 64 (relu) -> 10, trained 3 epochs on 1000 images (~90% test accuracy).
+    """An MLP 784 -> 64 (relu) -> 10, trained 3 epochs on 1000 images (about 77% test accuracy).
 
     In eval mode and shared by the whole session: tests must not change it (attacks promise
     exactly that).

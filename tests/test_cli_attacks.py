@@ -59,7 +59,7 @@ def test_minimal_prints_a_class_by_class_table(checkpoint, tmp_path, capsys):
     assert table["pairs"] == 20 * 9
     for r, row in enumerate(table["median"]):
         assert row[r] is None
-    # --n takes a class-balanced subset (the split is ordered by class): every class has rows
+    # --n takes a class-balanced subset (every class has the same share): every class has rows
     assert all(any(v is not None for v in row) for row in table["median"])
     assert "median l2 perturbation" in out
 

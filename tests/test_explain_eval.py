@@ -16,7 +16,7 @@ from robustkit.explain import compare
 
 @pytest.fixture
 def test32(mnist_1000):
-    """32 test images across the class-sorted split."""
+    """32 test images spread over the test split."""
     x, y = mnist_1000["test"]
     keep = torch.arange(0, 1000, 1000 // 32)[:32]
     return x[keep], y[keep]

@@ -32,7 +32,7 @@ def three(mnist_1000):
 @pytest.fixture
 def data64(mnist_1000):
     x, y = mnist_1000["test"]
-    keep = torch.arange(0, 1000, 16)  # 64 images across the class-sorted split
+    keep = torch.arange(0, 1000, 16)  # 64 images spread over the test split
     return x[keep], y[keep]
 
 

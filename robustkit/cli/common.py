@@ -393,7 +393,7 @@ def images_for(args: argparse.Namespace, model: nn.Module
     x, y = data.load_tensors(dataset, "test", root=args.root)
     if args.n > len(y):
         raise RobustkitError(f"--n {args.n} is larger than {dataset}'s test split ({len(y)})")
-    if args.n < len(y):  # a fixed, class-balanced subset (the split itself is ordered by class)
+    if args.n < len(y):  # a fixed, class-balanced subset (100 per class in mnist-5k)
         keep = torch.from_numpy(data.stratified_indices(y.numpy(), args.n, seed=0))
         x, y = x[keep], y[keep]
     return dataset, x, y
