@@ -201,16 +201,20 @@ class AdversarialLoss:
         ramp = self.cfg.eps_warmup * total_steps
         self.scale = 1.0 if step + 1 >= ramp else (step + 1) / ramp
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 forward: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        # forward: what computes the training loss (a DistributedDataParallel wrapper of
+        # model); the attack always runs on model itself.
         x_adv = perturb(model, x, y, self.cfg, generator=self.generator,
                         autocast=self.attack_autocast, scale=self.scale)
+        net = model if forward is None else forward
         if self.cfg.method != "trades":
             with self.autocast():
-                logits = model(x_adv)
+                logits = net(x_adv)
                 return self.criterion(logits, y), logits
         # One forward pass over clean and adversarial images together: (2N, K).
         with self.autocast():
-            both = model(torch.cat([x, x_adv]))
+            both = net(torch.cat([x, x_adv]))
         clean, adv = both[:len(x)], both[len(x):]
         natural = self.criterion(clean, y)
         # KL(p_clean || p_adv), averaged over examples, as in TRADES' code ("batchmean").

@@ -38,6 +38,35 @@ of ``(image, label)`` or a ``DataLoader``:
   fingerprint tells data apart by its size and class (for a DataLoader also its number
   of batches), not by its contents.
 
+Many processes. Inside an initialized process group of several processes (``torchrun
+--nproc-per-node N -m robustkit train ...``, or a user's ``init_process_group``), :func:`fit`
+trains with ``DistributedDataParallel``:
+
+- Every rank draws the same seeded order as one process and cuts it into the same batches
+  of ``batch_size`` images; rank ``r`` trains on rows ``r, r + N, ...`` of each (about
+  ``batch_size / N`` images). A last batch with fewer images than processes joins the one
+  before it. Each rank's mean loss is weighted by its share of the batch before DDP
+  averages the gradients, so a step's gradient is that of the whole batch, the learning
+  rate and its schedule mean what they mean in one process, and ``batch_size`` stays the
+  batch per optimizer step. Augmentation draws are made for the whole batch (the same
+  draws one process makes) and each rank keeps its rows. Dropout and the adversarial
+  random starts draw from a stream of each rank's own (rank 0's is the one-process
+  stream). What differs from one process is the order of floating-point sums (and
+  dropout masks): weights agree closely, not bit for bit.
+- The inner attack of adversarial training runs on the model itself; the DDP wrapper only
+  computes the training loss. BatchNorm running statistics are rank 0's (sent to every
+  rank after each epoch); no SyncBatchNorm.
+- Losses and accuracies are summed over the ranks, the test split is scored in shards and
+  summed, and the guard probes the same held-out images on every rank: every rank holds
+  the same history. After the last epoch the ranks compare their weights and refuse to go
+  on if they differ. The model comes back unwrapped.
+- Rank 0 alone writes the resume file (with every rank's random generators; every rank
+  reads it, and it is refused under another number of processes) and, in
+  :func:`train_and_save`, the checkpoint. Rank 0 alone shows progress.
+- A DataLoader of the user's is iterated as given on every rank (give it a
+  ``DistributedSampler``; fit warns otherwise), with plain DDP averaging; every rank
+  must give the same number of batches.
+
 Example:
     >>> from robustkit import data, models
     >>> x, y = data.load_tensors("mnist-5k")                     # doctest: +SKIP
@@ -52,10 +81,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,18 +95,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler,
-                              SequentialSampler, Subset, TensorDataset, default_collate)
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler,
+                              IterableDataset, RandomSampler, Sampler, SequentialSampler, Subset,
+                              TensorDataset, default_collate)
 from tqdm.auto import tqdm
 
 from robustkit import data, models, snapshot
 from robustkit.adversarial import (AdversarialLoss, Guard, adversarial_training, as_config,
                                    checkpoint_metadata, describe)
 from robustkit.config import AdversarialConfig, TrainConfig
-from robustkit.core import stream
+from robustkit.core import distributed, stream
 from robustkit.core import (accuracy_of, amp_dtype_for, check_inputs, check_labels,
                             check_positive_int, check_writable, model_contract, model_dtype,
                             pick_device, predict)
+from robustkit.core.seeding import example_seed
 from robustkit.errors import RobustkitError
 from robustkit.models.zoo import check_options
 
@@ -97,7 +131,8 @@ class History:
 
     ``adversarial`` is the adversarial config (steps and alpha resolved) or None; ``guard``
     lists the guard's events (see :class:`robustkit.adversarial.Guard`); ``held_out`` is
-    the number of training images the guard kept out of training.
+    the number of training images the guard kept out of training; ``processes`` the
+    number of processes that trained it (DistributedDataParallel when more than 1).
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -106,6 +141,7 @@ class History:
     adversarial: dict[str, Any] | None = None
     guard: list[dict[str, Any]] = field(default_factory=list)
     held_out: int = 0
+    processes: int = 1
 
     @property
     def final_test_accuracy(self) -> float | None:
@@ -272,9 +308,15 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     Returns:
         (N, C, H, W), each image shifted by its own random offset.
     """
+    off = torch.randint(0, 2 * max_shift + 1, (2, len(x)), generator=generator)
+    return _shifted(x, max_shift, off)
+
+
+def _shifted(x: torch.Tensor, max_shift: int, off: torch.Tensor) -> torch.Tensor:
+    """:func:`random_shift` with its draws given: ``off`` (2, N) offsets in [0, 2 s]."""
     n, c, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)  # (N, C, H + 2s, W + 2s)
-    off = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).to(x.device)
+    off = off.to(x.device)
     rows = (torch.arange(h, device=x.device)[None] + off[0][:, None])  # (N, H)
     cols = (torch.arange(w, device=x.device)[None] + off[1][:, None])  # (N, W)
     idx_n = torch.arange(n, device=x.device)[:, None, None, None]
@@ -294,8 +336,15 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     Returns:
         (N, C, H, W).
     """
+    u = torch.rand(4, len(x), generator=generator).mul_(2).sub_(1)  # U(-1, 1), (4, N)
+    return _affined(x, u, degrees, scale, shift)
+
+
+def _affined(x: torch.Tensor, u: torch.Tensor, degrees: float = 10.0, scale: float = 0.1,
+             shift: float = 2.0) -> torch.Tensor:
+    """:func:`random_affine` with its draws given: ``u`` (4, N) in [-1, 1]."""
     n, _, h, w = x.shape
-    u = torch.rand(4, n, generator=generator).mul_(2).sub_(1).to(x.device)  # U(-1, 1), (4, N)
+    u = u.to(x.device)
     angle = u[0] * degrees * torch.pi / 180
     zoom = 1 + u[1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
@@ -339,7 +388,9 @@ class TrainingRun:
     augmentation ``generator``, the adversarial loss and guard (None under standard
     training), the resume file and its fingerprint, and the counters a resumed run takes
     back: ``done`` epochs, ``step`` optimizer steps and ``stopped`` (the guard ended
-    training early).
+    training early). Under DistributedDataParallel ``ddp`` wraps ``model`` (which the
+    rest uses as it is) and ``batch_sizes`` holds each step's batch size across the ranks
+    (None for a user's DataLoader, or in one process).
     """
 
     model: nn.Module
@@ -366,6 +417,8 @@ class TrainingRun:
     resumed: bool = False
     num_classes: int = 0
     dtype: torch.dtype | None = None  # the model's: streamed batches are cast to it
+    ddp: nn.Module | None = None
+    batch_sizes: list[int] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -438,7 +491,8 @@ def fit(
             the model is saved.
 
     Returns:
-        A :class:`History`. The model ends in eval mode, on ``device``.
+        A :class:`History`. The model ends in eval mode, on ``device``. Every rank of a
+        process group calls fit alike: DistributedDataParallel ("Many processes" above).
 
     Example:
         >>> h = fit(models.create("logistic"), (x, y), epochs=2, quiet=True)  # doctest: +SKIP
@@ -449,6 +503,7 @@ def fit(
     ).items() if v is not None}
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     check_positive_int(eval_every, "fit", "eval_every", minimum=0)
+    quiet = quiet or not distributed.is_main()  # rank 0 alone shows progress
     run = setup(model, train, test, cfg, as_config(adversarial), device=device, seed=seed,
                 amp=amp, resume=resume)
     if run.resumed and not quiet:
@@ -469,9 +524,14 @@ def _train_epochs(run: TrainingRun, eval_every: int, quiet: bool) -> None:
             if not quiet:
                 bar.write(epoch_line(record, cfg.epochs))
             if run.resume is not None:
-                snapshot.save(run.resume, _training_state(run, epoch, stop))
+                state = _training_state(run, epoch, stop)  # every rank's generators
+                resume = run.resume
+                distributed.on_main(lambda: snapshot.save(resume, state),
+                                    f"writing the resume file {resume}")
             if stop:
                 break
+        if run.ddp is not None:
+            _check_same_weights(run)
     finally:
         bar.close()
         run.model.eval()
@@ -485,7 +545,9 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
 
     Moves ``model`` to the device (channels-last); when ``resume`` names a stored state of
     the same configuration, the weights, optimizer, schedule, scaler and every random
-    generator are taken back from it. Arguments as in :func:`fit`.
+    generator are taken back from it. Inside a process group of several processes it
+    wraps the model in DistributedDataParallel (``run.ddp``) and gives this rank its rows
+    of every batch. Arguments as in :func:`fit`.
 
     Returns:
         A :class:`TrainingRun` with ``done`` epochs already trained (0 on a fresh start).
@@ -497,8 +559,11 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
     if adv is not None and adv.guard:
         train_ds, held_out = _hold_out(train_ds, adv.guard_size, seed, model, num_classes)
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    shared = distributed.active()  # DistributedDataParallel
+    if shared:
+        _check_backend(dev)
+    torch.manual_seed(_rank_seed(seed))  # dropout: each rank its own stream
+    gen = torch.Generator().manual_seed(seed)  # the order and augmentation: shared
     model.to(dev)
     # Channels-last convolutions ran 1.4x faster here in float32 and 1.9x with bfloat16.
     model.to(memory_format=torch.channels_last)
@@ -509,9 +574,12 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = _train_loader(train_ds, cfg.batch_size, gen, pin_memory=dev.type == "cuda")
+    loader, sizes = (_rank_loader(train_ds, cfg.batch_size, gen, dev.type == "cuda") if shared
+                     else (_train_loader(train_ds, cfg.batch_size, gen, dev.type == "cuda"),
+                           None))
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader) + 1, pct_start=0.25,
+        # At least 5 steps: OneCycleLR divides by its warm-up length, zero below 5 steps.
+        opt, max_lr=cfg.lr, total_steps=max(5, cfg.epochs * len(loader) + 1), pct_start=0.25,
         anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
         cycle_momentum=cfg.optimizer == "sgd",
     )
@@ -522,8 +590,9 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
         # Gradient scaling guards float16's small range; bfloat16 has float32's range.
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         history=History(device=str(dev),
-                        amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None),
-        num_classes=num_classes, dtype=model_dtype(model))
+                        amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+                        processes=distributed.world()),
+        num_classes=num_classes, dtype=model_dtype(model), batch_sizes=sizes)
     if adv is not None:
         _adversarial(run, adv, held_out, seed)
     if resume is not None:
@@ -532,7 +601,112 @@ def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
         state = snapshot.load(run.resume, run.fingerprint)
         if state is not None:
             _restore(run, state)
+    if shared:
+        _distribute(run)
     return run
+
+
+def _rank_seed(seed: int) -> int:
+    """``seed`` on rank 0 (and in one process); another well-mixed seed on each other rank,
+    so the ranks' dropout masks and random starts are not copies of each other."""
+    r = distributed.rank()
+    return seed if r == 0 else example_seed(seed, r)
+
+
+def _check_backend(dev: torch.device) -> None:
+    """Refuse a device the process group's backend cannot reduce gradients on."""
+    backend = str(torch.distributed.get_backend()).lower()
+    if backend == "nccl" and dev.type != "cuda":
+        raise RobustkitError(f"fit: the process group uses NCCL, which reduces gradients on "
+                             f"CUDA only, but training would run on {dev}; use device 'cuda' "
+                             f"(or a gloo process group)")
+
+
+class _RankBatches(Sampler[list[int]]):
+    """This rank's rows of every batch one process would train on: the batches of ``base``
+    (drawn from a generator seeded alike on every rank, so the same on every rank), rows
+    ``rank, rank + world, ...`` of each. A last batch with fewer rows than processes joins
+    the one before it, so every rank has rows in every step (DDP needs each rank's
+    backward pass at every step).
+
+    Args:
+        base: one process's batches (lists of indices).
+        n: the number of examples.
+        batch_size: the batch of one step across every rank.
+        shard: this rank and the number of ranks.
+    """
+
+    def __init__(self, base: BatchSampler, n: int, batch_size: int, shard: stream.Shard) -> None:
+        self.base, self.shard = base, shard
+        sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+        if len(sizes) > 1 and sizes[-1] < shard.world:
+            sizes[-2:] = [sizes[-2] + sizes[-1]]
+        #: Each step's batch size across every rank.
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Walked as one process's loop walks it, so the sampler draws from the shared
+        # generator at the same moments between the augmentation draws.
+        batches = iter(self.base)
+        for size in self.sizes:
+            batch = list(next(batches))
+            while len(batch) < size:  # the last batch, joined to the one before
+                batch += next(batches)
+            yield batch[self.shard.rank::self.shard.world]
+        for _ in batches:  # the end of the order (the sampler may draw there too)
+            pass
+
+
+def _rank_loader(train: Dataset | DataLoader, batch_size: int, generator: torch.Generator,
+                 pin_memory: bool) -> tuple[DataLoader, list[int] | None]:
+    """Under DistributedDataParallel: this rank's training batches and each step's batch
+    size across the ranks (None for a user's DataLoader, iterated as given)."""
+    shard = distributed.current_shard()
+    if isinstance(train, DataLoader):
+        lengths = distributed.exchange(len(train))
+        if len(set(lengths)) > 1:
+            raise RobustkitError(
+                f"fit: train: the ranks' DataLoaders give different numbers of batches "
+                f"({', '.join(map(str, lengths))}); DistributedDataParallel needs the same "
+                f"number on every rank (a DistributedSampler gives it)")
+        samplers = (train.sampler, getattr(train.batch_sampler, "sampler", None))
+        if not any(isinstance(s, DistributedSampler) for s in samplers):
+            warnings.warn(
+                "fit: train: a DataLoader without a DistributedSampler under "
+                f"DistributedDataParallel: each of the {shard.world} processes trains on "
+                "every batch of it (pass its Dataset, or give it a DistributedSampler)",
+                stacklevel=4)
+        return train, None
+    n = len(train)  # type: ignore[arg-type]
+    if n < shard.world or batch_size < shard.world:
+        raise RobustkitError(
+            f"fit: {shard.world} processes need at least as many training images ({n}) and "
+            f"as large a batch_size ({batch_size}): each rank trains on part of every batch")
+    base = BatchSampler(RandomSampler(train, generator=generator),  # type: ignore[arg-type]
+                        batch_size, drop_last=False)
+    rows = _RankBatches(base, n, batch_size, shard)
+    if type(train) is TensorDataset:  # one tensor gather per batch, as in one process
+        return DataLoader(train, sampler=rows, batch_size=None, pin_memory=pin_memory), \
+            rows.sizes
+    return DataLoader(train, batch_sampler=rows, pin_memory=pin_memory), rows.sizes
+
+
+def _distribute(run: TrainingRun) -> None:
+    """Wrap the model in DistributedDataParallel (which gives every rank rank 0's weights),
+    once every rank has the same resumed state."""
+    done = distributed.exchange((run.done, run.step))
+    if len(set(done)) > 1:
+        raise RobustkitError(
+            f"fit: the ranks resumed from different states (epoch, step: "
+            f"{', '.join(map(str, done))}); every rank must read the same resume file "
+            f"{run.resume}")
+    dev = run.device
+    index = (dev.index if dev.index is not None else torch.cuda.current_device()) \
+        if dev.type == "cuda" else None
+    run.ddp = DistributedDataParallel(run.model, device_ids=None if index is None else [index])
 
 
 def _checked_data(model: nn.Module, train: Split, test: Split | None
@@ -590,7 +764,7 @@ def _adversarial(run: TrainingRun, adv: AdversarialConfig,
     # Its own generator for the random starts, so the shuffling and augmentation draws
     # are those of a standard run with the same seed.
     run.adv_loss = AdversarialLoss(
-        adv, run.criterion, generator=torch.Generator().manual_seed(seed + 1),
+        adv, run.criterion, generator=torch.Generator().manual_seed(_rank_seed(seed + 1)),
         autocast=autocast,
         attack_autocast=autocast if adv.attack_amp else contextlib.nullcontext)
     run.history.adversarial = describe(adv)
@@ -616,34 +790,64 @@ def _restore(run: TrainingRun, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"])
-    run.generator.set_state(state["generator"])
-    if run.device.type == "cuda" and state["rng_cuda"] is not None:
-        torch.cuda.set_rng_state(state["rng_cuda"], run.device)
-    if run.adv_loss is not None and run.adv_loss.generator is not None:
-        run.adv_loss.generator.set_state(state["adversarial_generator"])
     if run.guard is not None:
         run.guard.load_state_dict(state["guard"])
-    stored = state.get("loader_generators") or []
+    # Under DistributedDataParallel each rank takes back its own generators (the file's
+    # processes match: the fingerprint has them).
+    mine = state["ranks"][distributed.rank()] if state.get("ranks") else state
+    torch.set_rng_state(mine["rng"])
+    run.generator.set_state(mine["generator"])
+    if run.device.type == "cuda" and mine["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(mine["rng_cuda"], run.device)
+    if run.adv_loss is not None and run.adv_loss.generator is not None:
+        run.adv_loss.generator.set_state(mine["adversarial_generator"])
+    stored = mine.get("loader_generators") or []
     for g, g_state in zip(_loader_generators(run), stored):
         g.set_state(g_state)
 
 
 def _training_state(run: TrainingRun, epoch: int, stop: bool) -> dict[str, Any]:
-    """What :func:`_restore` takes back, after ``epoch``."""
-    dev = run.device
-    return {
+    """What :func:`_restore` takes back, after ``epoch``. Under DistributedDataParallel
+    every rank calls it: ``ranks`` holds every rank's random generators (the top-level
+    ones are rank 0's)."""
+    generators = _generators(run)
+    state = {
         "fingerprint": run.fingerprint, "epoch": epoch, "step": run.step, "stopped": stop,
         "history": dataclasses.asdict(run.history), "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state(),
+        "scaler": run.scaler.state_dict(),
+        "guard": run.guard.state_dict() if run.guard is not None else None, **generators}
+    if run.ddp is not None:
+        state["ranks"] = distributed.exchange(generators)
+    return state
+
+
+def _generators(run: TrainingRun) -> dict[str, Any]:
+    """The states of this process's random generators (see :func:`_training_state`)."""
+    dev = run.device
+    return {
+        "rng": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
         "generator": run.generator.get_state(),
         "adversarial_generator": (run.adv_loss.generator.get_state()
                                   if run.adv_loss is not None and run.adv_loss.generator
                                   is not None else None),
-        "guard": run.guard.state_dict() if run.guard is not None else None,
         "loader_generators": [g.get_state() for g in _loader_generators(run)]}
+
+
+def _check_same_weights(run: TrainingRun) -> None:
+    """Refuse to go on when the ranks' weights differ after DistributedDataParallel
+    training (a bug, or a rank that changed its model on its own): every rank must
+    return the same model."""
+    digest = hashlib.sha256()
+    for name, value in run.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    found = distributed.exchange(digest.hexdigest())
+    if len(set(found)) > 1:
+        raise RobustkitError(f"fit: after training, the weights differ between the ranks "
+                             f"(rank {found.index(next(f for f in found if f != found[0]))} "
+                             f"differs from rank 0); nothing can be saved")
 
 
 def _loader_generators(run: TrainingRun) -> list[torch.Generator]:
@@ -689,7 +893,9 @@ def run_epoch(run: TrainingRun, epoch: int, eval_every: int = 1, bar: tqdm | Non
             stop = run.adv.guard_action == "stop"
     last = epoch == run.cfg.epochs or stop
     scored = run.test_ds is not None and (last or (eval_every and epoch % eval_every == 0))
-    if scored and type(run.test_ds) is TensorDataset:
+    if scored and run.ddp is not None and run.test_ds is not None:
+        record["test_accuracy"] = _shared_accuracy(run, run.test_ds)
+    elif scored and type(run.test_ds) is TensorDataset:
         x_test, y_test = run.test_ds.tensors
         record["test_accuracy"] = accuracy_of(run.model, x_test, y_test)
     elif scored and run.test_ds is not None:
@@ -723,6 +929,32 @@ def _streamed_accuracy(run: TrainingRun, test: Dataset | DataLoader) -> float:
     return torch.tensor(correct, dtype=torch.float32).div(seen).item()
 
 
+def _shared_accuracy(run: TrainingRun, test: Dataset | DataLoader) -> float:
+    """Accuracy on the test split under DistributedDataParallel, the same on every rank:
+    each rank scores its blocks of tensors or a Dataset (:class:`robustkit.core.stream.Shard`)
+    or a DataLoader as given (a DistributedSampler's part, or all of it), and the counts
+    are summed over the ranks."""
+    source: Any
+    if isinstance(test, DataLoader):
+        source = test
+    else:
+        data_: Any = test.tensors if type(test) is TensorDataset else test
+        source = ((b.x, b.y) for b in stream.batches(data_, 1000,
+                                                     shard=distributed.current_shard(),
+                                                     what="fit: test"))
+    counts = torch.zeros(2, dtype=torch.float64, device=run.device)  # correct, seen
+    for batch in source:
+        xb, yb = _checked_batch(*_pair(batch, "test"), run.num_classes, run.dtype, "test")
+        logits = predict(run.model, xb, batch_size=len(xb))  # (B, K) on the CPU
+        counts[0] += int((logits.argmax(1) == yb.cpu()).sum())
+        counts[1] += len(yb)
+    torch.distributed.all_reduce(counts)
+    if counts[1] == 0:
+        raise RobustkitError("fit: test: the DataLoader gave no batches")
+    # In float32, as accuracy_of computes it: the same examples give the same number.
+    return torch.tensor(int(counts[0]), dtype=torch.float32).div(int(counts[1])).item()
+
+
 def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, Any]:
     """One pass over the training batches; the epoch's mean loss and training accuracy."""
     dev = run.device
@@ -734,6 +966,7 @@ def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, 
     losses: list[torch.Tensor] = []
     seen = 0
     expected = len(run.loader)
+    counts: list[int] = []
     set_epoch = getattr(getattr(run.loader, "sampler", None), "set_epoch", None)
     if run.loader is run.train_ds and callable(set_epoch):  # a user's DistributedSampler
         set_epoch(epoch - 1)
@@ -744,8 +977,10 @@ def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, 
         xb, yb = _pair(batch, "train") if run.streamed else batch
         if run.streamed:  # checked as it is read, on the CPU: no wait for the GPU
             xb, yb = _checked_batch(xb, yb, run.num_classes, run.dtype, "train")
-        batch_loss, logits, yb = _train_step(run, xb, yb)
+        total = run.batch_sizes[i] if run.batch_sizes is not None else None
+        batch_loss, logits, yb = _train_step(run, xb, yb, total)
         losses.append(batch_loss)
+        counts.append(len(yb))
         total_loss += batch_loss * len(yb)
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
@@ -753,36 +988,79 @@ def _train_batches(run: TrainingRun, epoch: int, bar: tqdm | None) -> dict[str, 
             bar.update()
     if seen == 0:
         raise RobustkitError(f"fit: train: the DataLoader gave no batches in epoch {epoch}")
+    if run.ddp is not None:
+        return _across_ranks(run, epoch, losses, counts, correct)
     _check_diverged(run, epoch, torch.stack(losses))  # (batches,)
     return {"epoch": epoch, "loss": total_loss.item() / seen,
             "train_accuracy": correct.item() / seen}
 
 
-def _train_step(run: TrainingRun, xb: torch.Tensor, yb: torch.Tensor
+def _across_ranks(run: TrainingRun, epoch: int, losses: list[torch.Tensor], counts: list[int],
+                  correct: torch.Tensor) -> dict[str, Any]:
+    """The epoch's record under DistributedDataParallel, the same on every rank: each
+    batch's loss over every rank's rows (checked for divergence), the mean loss and the
+    training accuracy; then rank 0's buffers (BatchNorm statistics) on every rank."""
+    n = torch.tensor(counts, dtype=torch.float64, device=run.device)  # (batches,)
+    # (2 * batches + 1,): each batch's loss summed over its rows, its rows, correct rows.
+    packed = torch.cat([torch.stack(losses).double() * n, n, correct.double().reshape(1)])
+    torch.distributed.all_reduce(packed)
+    b = len(counts)
+    sums, rows = packed[:b], packed[b:2 * b]
+    _check_diverged(run, epoch, sums / rows)  # (batches,), the same on every rank
+    for buffer in run.model.buffers():
+        torch.distributed.broadcast(buffer, 0)
+    return {"epoch": epoch, "loss": (sums.sum() / rows.sum()).item(),
+            "train_accuracy": (packed[-1] / rows.sum()).item()}
+
+
+def _train_step(run: TrainingRun, xb: torch.Tensor, yb: torch.Tensor, total: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch: ``(loss, logits, labels)``, detached, on the device."""
+    """One optimizer step on a batch: ``(loss, logits, labels)``, detached, on the device.
+
+    ``total``: under DistributedDataParallel, the batch's size across every rank (``xb``
+    holds this rank's rows ``rank, rank + world, ...`` of it); None otherwise.
+    """
     cfg = run.cfg
     if run.adv_loss is not None:
         run.adv_loss.warm_up(run.step, cfg.epochs * len(run.loader))
     run.step += 1
     xb = xb.to(run.device, non_blocking=True)  # (B, C, H, W)
     yb = yb.to(run.device, non_blocking=True)  # (B,)
-    if cfg.augment == "shift":
-        xb = random_shift(xb, 2, run.generator)
-    elif cfg.augment == "affine":
-        xb = random_affine(xb, run.generator)
+    xb = _augment(run, xb, total)
+    net = run.ddp if run.ddp is not None else run.model  # DDP only computes the loss
     if run.adv_loss is not None:
-        batch_loss, logits = run.adv_loss(run.model, xb, yb)
+        batch_loss, logits = run.adv_loss(run.model, xb, yb, forward=net)
     else:
         with run.autocast():
-            logits = run.model(xb)  # (B, K)
+            logits = net(xb)  # (B, K)
             batch_loss = run.criterion(logits, yb)
+    # DDP averages the ranks' gradients: weighing each rank's mean loss by its share of the
+    # batch makes that average the gradient of the whole batch's mean loss.
+    weight = len(yb) * distributed.world() / total if total is not None else 1.0
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(batch_loss).backward()
+    run.scaler.scale(batch_loss * weight if weight != 1.0 else batch_loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
     return batch_loss.detach(), logits.detach(), yb
+
+
+def _augment(run: TrainingRun, xb: torch.Tensor, total: int | None) -> torch.Tensor:
+    """``xb`` (B, C, H, W) augmented as ``run.cfg.augment`` says. With ``total`` (this
+    rank's rows of a batch of ``total`` under DistributedDataParallel) the draws are made
+    for the whole batch, as one process makes them, and this rank's rows kept: the shared
+    generator stays in step on every rank, so every rank draws the same next order."""
+    augment = run.cfg.augment
+    if augment not in ("shift", "affine"):
+        return xb
+    if total is None:
+        return (random_shift(xb, 2, run.generator) if augment == "shift"
+                else random_affine(xb, run.generator))
+    rows = slice(distributed.rank(), None, distributed.world())
+    if augment == "shift":  # offsets in [0, 2 * 2], as random_shift(xb, 2, ...) draws them
+        return _shifted(xb, 2, torch.randint(0, 5, (2, total), generator=run.generator)[:, rows])
+    u = torch.rand(4, total, generator=run.generator)[:, rows].mul_(2).sub_(1)  # (4, B)
+    return _affined(xb, u)
 
 
 def _check_diverged(run: TrainingRun, epoch: int, losses: torch.Tensor) -> None:
@@ -842,8 +1120,9 @@ def train_and_save(
     fresh: bool = False,
     test: Split | None = None,
     log: Callable[[str], None] | None = None,
+    output: str | int | None = None,
 ) -> tuple[nn.Module, History]:
-    """Train a registered model on a registered dataset and save its checkpoint at ``out``.
+    """Train a model named by a spec on a registered dataset and save its checkpoint at ``out``.
 
     The one train-then-save (the CLI's ``train`` and the experiment runner use it). Checked
     before training: ``out`` and its resume file can be written; the model, its options
@@ -852,8 +1131,15 @@ def train_and_save(
     (:class:`TrainingDiverged`) saves nothing and deletes its resume file.
 
     Args:
-        arch: a registered model name (``logistic``, ``mlp``, ``alexnet``).
-        dataset: a registered dataset name (e.g. ``mnist-5k``).
+        arch: a model spec (:func:`robustkit.models.zoo.construct`): a registered name
+            (``logistic``, ``mlp``, ``alexnet``, ``preact_resnet18``, ...),
+            ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``. A foreign
+            model gets the dataset's ``Normalize`` in front and trains with
+            :data:`robustkit.models.zoo.FOREIGN_TRAINING` unless ``config`` is given; the
+            checkpoint of a factory model loads only with ``trust``
+            (:func:`robustkit.models.load`).
+        dataset: a registered dataset name (e.g. ``mnist-5k``, ``cifar10``) or
+            ``imagefolder:PATH``.
         out: the checkpoint file to write.
         config: the training settings; default: the model's own
             (:func:`robustkit.models.default_training`), or
@@ -868,13 +1154,19 @@ def train_and_save(
             test split. Image folders (``imagefolder:PATH``) are streamed, never loaded whole.
         log: called before training with the lines that describe the model, data and
             settings (e.g. ``print``).
+        output: for a foreign model whose output is a dict, a tuple or an object, where
+            the logits are: a key or an index (:func:`robustkit.models.wrap`); the
+            checkpoint records it. A registered model returns its logits (refused).
 
     Returns:
         ``(model, history)``: the trained model (eval mode) and its :class:`History`.
 
     Example:
         >>> m, h = train_and_save("logistic", "mnist-5k", "m.pt", train_size=500)  # doctest: +SKIP
+        >>> m, h = train_and_save("mypkg.nets:small_cnn", "cifar10", "c.pt",       # doctest: +SKIP
+        ...                       output="logits")
     """
+    # long function: 18 keyword arguments, each documented above; the body is 20 lines.
     out = check_writable(out, "checkpoint")
     resume = check_writable(f"{out}.resume", "resume file")
     ds = data.spec(dataset)
@@ -883,23 +1175,40 @@ def train_and_save(
     cfg = config or (adversarial_training(arch) if adv else models.default_training(arch))
     train, test_ds, n_train = _dataset_splits(dataset, root, download, train_size, seed, test)
     torch.manual_seed(seed)
-    model = models.create(arch, ds.in_shape, ds.num_classes, ds.mean, ds.std, **options)
+    # output picks a foreign model's logits: fit and the checkpoint see a logits model.
+    model = models.zoo.construct(arch, ds.in_shape, ds.num_classes, ds.mean, ds.std, options,
+                                 output)
     if log is not None:
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"training {arch} ({n_params:,} parameters) on {dataset} ({n_train} train / "
-            f"{_size(test_ds)} test), seed {seed}: {json.dumps(dataclasses.asdict(cfg))}"
-            + (f"\nadversarial training: {json.dumps(describe(adv))}" if adv else ""))
+        log(_describe(arch, model, dataset, n_train, _size(test_ds), seed, cfg, adv))
     if fresh:
         resume.unlink(missing_ok=True)
-    try:
-        history = fit(model, train, test_ds, config=cfg, device=device, seed=seed, amp=amp,
-                      eval_every=eval_every, quiet=quiet, adversarial=adv, resume=resume)
-    except TrainingDiverged:
-        resume.unlink(missing_ok=True)  # resuming would only diverge again
-        raise
+    history = _fit_resumably(model, train, test_ds, resume, config=cfg, device=device,
+                             seed=seed, amp=amp, eval_every=eval_every, quiet=quiet,
+                             adversarial=adv)
     save_trained(model, out, history, cfg, dataset=dataset, train_size=n_train, seed=seed)
     resume.unlink(missing_ok=True)
     return model, history
+
+
+def _fit_resumably(model: nn.Module, train: Split, test: Split, resume: Path,
+                   **options: Any) -> History:
+    """:func:`fit` with its state in ``resume``; a diverged run deletes it (resuming would
+    only diverge again) and raises."""
+    try:
+        return fit(model, train, test, resume=resume, **options)
+    except TrainingDiverged:
+        resume.unlink(missing_ok=True)
+        raise
+
+
+def _describe(arch: str, model: nn.Module, dataset: str, n_train: int, n_test: int | None,
+              seed: int, cfg: TrainConfig, adv: AdversarialConfig | None) -> str:
+    """The lines :func:`train_and_save` logs before training."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return (f"training {arch} ({n_params:,} parameters) on {dataset} ({n_train} train / "
+            f"{'?' if n_test is None else n_test} test), seed {seed}: "
+            f"{json.dumps(dataclasses.asdict(cfg))}"
+            + (f"\nadversarial training: {json.dumps(describe(adv))}" if adv else ""))
 
 
 def _dataset_splits(dataset: str, root: str | Path | None, download: bool,
@@ -923,15 +1232,21 @@ def save_trained(model: nn.Module, out: str | Path, history: History, cfg: Train
     seed, epochs, training settings, test accuracy, device, precision, time, the history
     and the adversarial training (:func:`robustkit.adversarial.checkpoint_metadata`).
 
+    Inside a process group of several processes every rank calls it and rank 0 alone
+    writes (its error, if any, is raised on every rank); the number of processes is
+    recorded as ``processes``.
+
     Example:
         >>> save_trained(model, "m.pt", history, cfg, dataset="mnist-5k", train_size=500,
         ...              seed=0)                                     # doctest: +SKIP
     """
-    return models.save(model, out, dataset=dataset, train_size=train_size, seed=seed,
-                       epochs=cfg.epochs, training=dataclasses.asdict(cfg),
-                       test_accuracy=history.final_test_accuracy, device=history.device,
-                       amp=history.amp, train_seconds=history.seconds,
-                       history=history.epochs, **checkpoint_metadata(history))
+    extra = {"processes": history.processes} if history.processes > 1 else {}
+    return distributed.on_main(lambda: models.save(
+        model, out, dataset=dataset, train_size=train_size, seed=seed, epochs=cfg.epochs,
+        training=dataclasses.asdict(cfg), test_accuracy=history.final_test_accuracy,
+        device=history.device, amp=history.amp, train_seconds=history.seconds,
+        history=history.epochs, **checkpoint_metadata(history), **extra),
+        f"saving the checkpoint {out}")
 
 
 def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | None, seed: int,
@@ -941,7 +1256,9 @@ def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | No
 
     Data is told apart by its size; a Dataset or DataLoader also by its class (and a
     DataLoader by its number of batches), under ``train_data`` and ``test_data``, keys
-    that tensors do not have (so their fingerprints are those of earlier versions).
+    that tensors do not have (so their fingerprints are those of earlier versions). Under
+    DistributedDataParallel ``processes`` holds the number of processes: a state of
+    another number cannot be resumed (each rank's rows and generators would differ).
     """
     found = {
         "training": dataclasses.asdict(cfg), "adversarial": describe(adv) if adv else None,
@@ -949,6 +1266,8 @@ def _fingerprint(model: nn.Module, cfg: TrainConfig, adv: AdversarialConfig | No
         "test_size": _size(test_ds) if test_ds is not None else 0,
         "amp": str(amp_dtype), "model": type(model).__name__,
         "shapes": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+    if distributed.world() > 1:  # a key one process does not have (earlier files match)
+        found["processes"] = distributed.world()
     for what, split in (("train", train_ds), ("test", test_ds)):
         if split is not None and type(split) is not TensorDataset:
             found[f"{what}_data"] = _kind(split)

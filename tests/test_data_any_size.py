@@ -432,10 +432,10 @@ def test_fit_on_a_dataset_never_holds_more_than_a_batch_before_training(small, m
     at_first_step = []
     real = train_module._train_step
 
-    def step(run, xb, yb):
+    def step(run, xb, yb, *args, **kwargs):
         if not at_first_step:
             at_first_step.append(ds.reads)
-        return real(run, xb, yb)
+        return real(run, xb, yb, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "_train_step", step)
     fit(_model(), ds, epochs=1, batch_size=32, **QUIET)

@@ -113,7 +113,7 @@ CASES = [
      "adversarial.norm: must be one of"),
     # options the attack does not take: refused, never dropped
     ("fgsm-steps", ATTACK + ["--attack", "fgsm", "--steps", "5"],
-     "attack 'fgsm' takes no option 'steps'; its options: eps, targeted"),
+     "attack 'fgsm' takes no option 'steps'; its options: amp, eps, targeted"),
     ("fgsm-norm-l2", ATTACK + ["--attack", "fgsm", "--norm", "l2"],
      "attack 'fgsm' takes no option 'norm'"),
     ("pgd-norm-l3", ATTACK + ["--norm", "l3"], "norm must be one of l2, linf, got 'l3'"),

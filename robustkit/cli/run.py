@@ -2,8 +2,13 @@
 reports rendered again, and runs side by side; thin over :mod:`robustkit.experiment` and
 :mod:`robustkit.report`.
 
+Under torchrun, ``run`` spreads the experiment's units over the processes (models first)
+and rank 0 writes the results and the report (see :mod:`robustkit.experiment.runner`);
+the results equal those of one process.
+
 Example:
     robustkit run experiments/quickstart.toml        # -> reports/quickstart/index.html
+    torchrun --nproc-per-node 4 -m robustkit run experiments/quickstart.toml
     robustkit report reports/quickstart
     robustkit compare reports/quickstart reports/linearity --out reports/cmp
 """
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from robustkit.cli import common
+from robustkit.core import distributed
 from robustkit.errors import RobustkitError
 
 
@@ -71,7 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = common.out_dir(args.out) if args.out is not None else None
     start = time.perf_counter()
     root = run(config, out, progress=not args.quiet, fresh=args.fresh)
-    print(f"finished in {time.perf_counter() - start:.1f}s")
+    processes = distributed.world()
+    print(f"finished in {time.perf_counter() - start:.1f}s"
+          + (f" on {processes} processes" if processes > 1 else ""))
     print(f"report: {(root / 'index.html').resolve()}")
     return 0
 

@@ -4,8 +4,15 @@ checkpoint; thin over :func:`robustkit.train.train_and_save`.
 
 A killed run started again goes on from ``OUT.resume`` (``--fresh`` starts over).
 
+Under torchrun (``python -m torch.distributed.run --nproc-per-node N -m robustkit train
+...``) the N processes train one model with DistributedDataParallel: ``--batch-size`` is
+the batch of one optimizer step across all of them (each trains on its part of it), so the
+learning rate means what it means in one process. Rank 0 alone prints, writes the resume
+file and saves the checkpoint (see :mod:`robustkit.train`, "Many processes").
+
 Example:
     robustkit train --model alexnet --dataset mnist-5k --out m.pt
+    torchrun --nproc-per-node 2 -m robustkit train --model alexnet --out m.pt
     robustkit train --model alexnet --adversarial pgd --eps 0.3 --out robust.pt
     robustkit train --model mypackage.nets:small_cnn --model-options width=32 --out m.pt
 """
@@ -116,7 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(epoch_line(record, cfg.epochs))
     acc = history.final_test_accuracy
     acc_text = f"{acc:.4f} ({acc * 100:.2f}%)" if acc is not None else "not measured"
+    where = history.device + (f" x {history.processes} processes (DistributedDataParallel)"
+                              if history.processes > 1 else "")
     print(f"test accuracy {acc_text} after {cfg.epochs} epochs; "
-          f"trained in {history.seconds:.1f}s on {history.device}, "
+          f"trained in {history.seconds:.1f}s on {where}, "
           f"{time.perf_counter() - start:.1f}s in all; saved {out}")
     return 0

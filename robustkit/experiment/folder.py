@@ -6,6 +6,15 @@ robustkit wrote there, so ``--fresh`` deletes that and nothing else.
   error. A second run on the same folder, with or without ``--fresh``, is refused with
   the pid that holds it. The kernel releases the lock when the process dies, even by
   SIGKILL; the file itself stays (it is only a place to lock).
+- **Many processes.** Under torchrun the run's rank 0 takes the lock and holds it until
+  the results and the report are written; the other ranks never try to take it (a
+  ``flock`` held by a sibling would refuse them) and start only once rank 0 holds it and
+  has cleaned and claimed the folder (so :meth:`RunFolder.remove_stale` never meets a
+  rank's temporary file in flight). They write only unit files and checkpoints, inside
+  ``units/`` and ``models/`` (listed whole by rank 0), through atomic writes whose
+  temporary names carry their own pid, and never touch ``.robustkit-files``. A second
+  run on the folder, of any number of processes, is refused by the lock on its rank 0,
+  and its other ranks stop with rank 0's message.
 - **What robustkit wrote.** ``<root>/.robustkit-files`` lists, one a line, each path
   robustkit wrote (``config.toml``, ``results.json``, ``models/mlp-s0.pt`` ...) and,
   ending in ``/``, the folders it created itself (``units/``, ``models/``, ``figures/``).

@@ -13,15 +13,37 @@ there (see :mod:`robustkit.experiment.folder`): ``units/`` (records and arrays),
 ``manifest.json`` (versions, git commit, device, seeds, timings) and the report
 (``index.html``, ``README.md``, ``figures/``). A folder that holds one of these names that
 robustkit did not write is refused, and ``fresh`` deletes only what robustkit wrote.
+
+Under torchrun (``python -m torch.distributed.run --nproc-per-node N -m robustkit run
+...``, or :func:`run` inside a process group of several processes) the units are spread
+over the ranks:
+
+- Rank 0 checks the folder, takes its lock (and holds it to the end: the other ranks
+  never take it), deletes what ``fresh`` deletes and claims the folder, then tells the
+  others it may start; it decides which units are still to compute and sends the list.
+- The units to compute run in two stages: the models (``train`` units) first, then, once
+  every rank has finished its models (every checkpoint is then on disk), the rest. In each
+  stage unit ``i`` of the list goes to rank ``i % N``. Each rank computes its units
+  :func:`alone <robustkit.core.distributed.alone>` (as one process would, bit for bit:
+  every unit seeds itself) and stores each the moment it finishes, through the store's
+  atomic writes (temporary names carry the writer's pid); only rank 0 writes the list of
+  what robustkit wrote (``units/`` and ``models/`` are listed whole).
+- After the last stage rank 0 writes ``results.json``, ``manifest.json`` (with every
+  rank's timings) and the report, and lets the lock go. A unit that fails on one rank
+  stops every rank at the end of its stage, with the rank, the unit and its message.
+- Resuming is per unit, as in one process: started again (with any number of processes),
+  the run computes only the units without a whole record. The folder must be one that
+  every rank sees (one machine, or a shared file system).
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robustkit.config import tomllib
+from robustkit.core import distributed
 from robustkit.core import (check_name, git_commit, pick_device, read_json, sha256, versions,
                             write_atomic, write_json)
 from robustkit.errors import RobustkitError
@@ -43,12 +66,17 @@ from robustkit.experiment.units import UNITS, Result
 from robustkit.report import render as render_report
 
 
+#: The kinds of unit that make the run's models: computed before every other unit.
+MODEL_KINDS = ("train",)
+
+
 @dataclass(frozen=True)
 class Unit:
-    """A planned piece of work: its key and the function that computes it."""
+    """A planned piece of work: its key, the function that computes it and its kind."""
 
     key: str
     compute: Callable[[], Result]
+    kind: str = ""
 
 
 def run(config: str | Path, out: str | Path | None = None, *, progress: bool = True,
@@ -68,7 +96,10 @@ def run(config: str | Path, out: str | Path | None = None, *, progress: bool = T
     Raises:
         RobustkitError: a mistake in the config; another run holds the folder (the
             message names its pid); the folder holds a name robustkit needs that it did
-            not write.
+            not write. Under torchrun: any of these, or a unit's error, on any rank.
+
+    Inside a process group of several processes every rank calls it, with the same
+    arguments, and the units are spread over the ranks (the module docstring says how).
 
     Example:
         >>> run("experiments/quickstart.toml")     # doctest: +SKIP
@@ -79,29 +110,50 @@ def run(config: str | Path, out: str | Path | None = None, *, progress: bool = T
     root = (Path(out) if out is not None
             else Path("reports") / check_name(cfg.name, "experiment.name"))
     folder = RunFolder(root)
-    folder.check_layout()
-    _check_names(folder, render)  # before the lock, which writes a file there
-    with folder.locked():
-        if fresh:
-            folder.clean()
-        _claim(folder, text, render)
-        store = Store(root, on_write=folder.wrote)
+    with _claimed(folder, text, render, fresh):
+        main = distributed.is_main()
+        # Only rank 0 writes the list of what robustkit wrote; the files of the others lie
+        # in units/ and models/, which rank 0 listed whole.
+        store = Store(root, on_write=folder.wrote if main else None)
         plan = make_plan(cfg, Context(cfg, store, root))
-        timings = _compute(plan, store, cfg.name, progress)
-        folder.wrote("results.json")
-        write_json(root / "results.json", {
-            "experiment": cfg.name, "dataset": cfg.dataset, "seeds": cfg.seeds,
-            "records": [store.get(u.key) for u in plan]})
-        _write_manifest(folder, cfg, timings, len(plan) - len(timings))
-        if render:
-            _render(folder)
+        timings = _compute(plan, store, cfg.name, progress and main)
+
+        def finish() -> None:
+            folder.wrote("results.json")
+            write_json(root / "results.json", {
+                "experiment": cfg.name, "dataset": cfg.dataset, "seeds": cfg.seeds,
+                "records": [store.get(u.key) for u in plan]})
+            _write_manifest(folder, cfg, timings, len(plan) - len(timings))
+            if render:
+                _render(folder)
+
+        distributed.on_main(finish, "writing the results and the report")
     return root
+
+
+@contextlib.contextmanager
+def _claimed(folder: RunFolder, text: str, render: bool, fresh: bool) -> Iterator[None]:
+    """Hold the run folder, claimed for this config, while inside: checked, locked,
+    cleaned (``fresh``) and claimed (:func:`_claim`). Under torchrun rank 0 alone does
+    this and holds the lock to the end; the other ranks wait for its word (its error is
+    raised on every rank)."""
+    with contextlib.ExitStack() as held:
+        def take() -> None:
+            folder.check_layout()
+            _check_names(folder, render)  # before the lock, which writes a file there
+            held.enter_context(folder.locked())
+            if fresh:
+                folder.clean()
+            _claim(folder, text, render)
+
+        distributed.on_main(take, f"taking the run folder {folder.root}")
+        yield
 
 
 def make_plan(cfg: ExperimentConfig, ctx: Context) -> list[Unit]:
     """Every unit of the run, in the order they run: each registered kind in turn (models
     first), each unit with the context of its own config section."""
-    plan = [Unit(p.key, partial(kind.compute, ctx.of(p.section), *p.args))
+    plan = [Unit(p.key, partial(kind.compute, ctx.of(p.section), *p.args), kind.name)
             for kind in UNITS.values() for p in kind.plan(cfg)]
     dup = sorted(k for k, n in Counter(u.key for u in plan).items() if n > 1)
     if dup:  # the config's checks make keys distinct; this guards a new kind of unit
@@ -111,7 +163,22 @@ def make_plan(cfg: ExperimentConfig, ctx: Context) -> list[Unit]:
 
 def _compute(plan: list[Unit], store: Store, desc: str, progress: bool) -> dict[str, float]:
     """Compute every unit that is not stored whole by this version; a damaged unit, or one
-    of another version or commit, is computed again with a warning naming it."""
+    of another version or commit, is computed again with a warning naming it. Under
+    torchrun rank 0 decides which (and warns), and the ranks share them out, models first
+    (the module docstring says how). Returns every computed unit's seconds (every rank's)."""
+    todo = set(distributed.on_main(lambda: _todo(plan, store), "checking the stored units"))
+    units = [u for u in plan if u.key in todo]
+    world, rank = distributed.world(), distributed.rank()
+    stages = [units] if world == 1 else [[u for u in units if u.kind in MODEL_KINDS],
+                                         [u for u in units if u.kind not in MODEL_KINDS]]
+    timings: dict[str, float] = {}
+    for stage in stages:
+        timings.update(_compute_share(stage[rank::world], store, desc, progress))
+    return timings
+
+
+def _todo(plan: list[Unit], store: Store) -> list[str]:
+    """The keys of the units to compute, warning about each stored one that cannot be used."""
     todo = []
     for unit in plan:
         problem = store.check(unit.key)
@@ -119,18 +186,37 @@ def _compute(plan: list[Unit], store: Store, desc: str, progress: bool) -> dict[
             continue
         if store.exists(unit.key):
             warnings.warn(f"unit {unquote(unit.key)} cannot be reused ({problem}); "
-                          "computing it again", stacklevel=3)
-        todo.append(unit)
+                          "computing it again", stacklevel=4)
+        todo.append(unit.key)
+    return todo
+
+
+def _compute_share(units: list[Unit], store: Store, desc: str, progress: bool
+                   ) -> dict[str, float]:
+    """Compute and store ``units`` (this rank's share of a stage), each as one process
+    would; then meet the other ranks: every rank's timings, or every rank raises when one
+    failed. In one process an error is raised as it comes."""
     timings: dict[str, float] = {}
-    bar = tqdm(todo, disable=not progress, unit="unit", desc=desc)
+    failure: Exception | None = None
+    bar = tqdm(units, disable=not progress, unit="unit", desc=desc)
     for unit in bar:
         bar.set_postfix_str(unquote(unit.key))
         start = time.perf_counter()
-        record, arrays = unit.compute()
-        seconds = time.perf_counter() - start
-        store.put(unit.key, {**record, "seconds": seconds}, arrays)
+        try:
+            with distributed.alone():
+                record, arrays = unit.compute()
+                seconds = time.perf_counter() - start
+                store.put(unit.key, {**record, "seconds": seconds}, arrays)
+        except Exception as err:
+            if not distributed.active():
+                raise
+            failure = err  # raised after the other ranks hear of it
+            break
         timings[unit.key] = seconds
-    return timings
+    bar.close()
+    what = f"unit {unquote(unit.key)}" if failure is not None else ""
+    distributed.settle(failure, what)
+    return {k: v for part in distributed.exchange(timings) for k, v in part.items()}
 
 
 def _check_names(folder: RunFolder, render: bool) -> None:
@@ -199,7 +285,8 @@ def _write_manifest(folder: RunFolder, cfg: ExperimentConfig, timings: dict[str,
         "config_sha256": sha256(copy.read_bytes()) if copy.exists() else None,
         "versions": versions(), "git_commit": git_commit(), "python": platform.python_version(),
         "platform": platform.platform(), "device": str(pick_device(cfg.device)),
-        "torch_threads": torch.get_num_threads(), "seeds": cfg.seeds,
+        "torch_threads": torch.get_num_threads(), "processes": distributed.world(),
+        "seeds": cfg.seeds,
         "units_run_now": len(timings), "units_reused": reused,
         "timings": {**earlier, **timings},
     })
