@@ -154,3 +154,27 @@ def test_near_chance_clean_accuracy_is_flagged_beside_the_number(data):
     with pytest.warns(UserWarning, match="near chance"):
         acc = evaluate.robust_accuracy(untrained, x, y, "fgsm", eps=0.1, progress=False)
     assert acc.clean_accuracy <= 0.15
+
+
+@pytest.mark.parametrize("form", ["dataset", "loader"])
+def test_explanations_and_minimal_tables_agree_between_tensors_and_streams(trained_mlp, data,
+                                                                          form):
+    from robustkit import explain
+
+    x, y = data
+    x, y = x[:24], y[:24]
+    stream = forms(x, y)[form]
+    for method in ("saliency", "integrated_gradients"):
+        a = explain.attribute(trained_mlp, x, y, method=method, batch_size=8)
+        b = explain.attribute(trained_mlp, stream, method=method, batch_size=8)
+        assert torch.equal(a, b), method
+    pred = explain.attribute(trained_mlp, stream, "prediction", method="saliency", batch_size=8)
+    by_hand = explain.attribute(trained_mlp, x, trained_mlp(x).argmax(1), method="saliency",
+                                batch_size=8)
+    assert torch.equal(pred, by_hand)
+    with pytest.raises(RobustkitError, match="'label' or 'prediction'"):
+        explain.attribute(trained_mlp, stream, 3, method="saliency")
+    t1 = evaluate.minimal_table(trained_mlp, x[:6], y[:6], steps=20, progress=False)
+    t2 = evaluate.minimal_table(trained_mlp, forms(x[:6], y[:6])[form], steps=20,
+                                progress=False)
+    assert t1 == t2

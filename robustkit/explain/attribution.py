@@ -25,7 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.core import borrowed, check_inputs, check_labels, model_contract, model_device
+from robustkit.core import (borrowed, check_inputs, check_labels, model_contract, model_device,
+                            predict)
+from robustkit.core.distributed import current_shard, gather
+from robustkit.core.stream import Data, batches
 from robustkit.errors import RobustkitError
 from robustkit.explain.batching import chunks, rows_per_pass, split_options
 from robustkit.explain.checks import refuse_traps
@@ -119,8 +122,9 @@ def explaining(model: nn.Module, x: Tensor, target: Target, method: str, *,
         yield Prepared(model, explainer, xs, t, found, batch_size or rows_per_pass(found, dev))
 
 
-def attribute(model: nn.Module, x: Tensor, target: Target, *, method: str = "saliency",
-              batch_size: int | None = None, **options: Any) -> Tensor:
+def attribute(model: nn.Module, x: Tensor | Data, target: Target | str = "label", *,
+              method: str = "saliency", batch_size: int | None = None,
+              **options: Any) -> Tensor:
     """Attributions of ``model``'s ``target`` logit to each input value, shaped like ``x``.
 
     Methods (see :func:`robustkit.explain.names`): ``saliency``, ``gradient``,
@@ -130,7 +134,10 @@ def attribute(model: nn.Module, x: Tensor, target: Target, *, method: str = "sal
     Args:
         model: a classifier mapping (N, C, H, W) in [0, 1] to (N, K) logits; left in the
             modes it came in, its parameters and their ``.grad`` untouched.
-        x: images (N, C, H, W) in [0, 1]; never written.
+        x: images (N, C, H, W) in [0, 1]; never written. Or a Dataset or a DataLoader of
+            ``(x, y)``: then it is read block by block (inside a process group each rank
+            explains its blocks) and ``target`` is ``"label"`` (default) or
+            ``"prediction"``.
         target: the class to explain: an int for every image, or (N,) class indices.
         method: a registered method name.
         batch_size: examples per forward pass (default: sized by memory, see
@@ -146,5 +153,35 @@ def attribute(model: nn.Module, x: Tensor, target: Target, *, method: str = "sal
         >>> a = attribute(model, x, 3, method="gradcam")            # doctest: +SKIP
         >>> a = attribute(model, x, y, method="integrated_gradients", n_steps=100)  # doctest: +SKIP
     """
+    if not isinstance(x, torch.Tensor):
+        return _attribute_data(model, x, target, method, batch_size, options)
+    if isinstance(target, str):  # "label", "prediction": names for labelled data only
+        raise RobustkitError(f"explain {method}: target {target!r} is for a Dataset or a "
+                             f"DataLoader; with images, target must be an int or an (N,) "
+                             f"tensor of class indices")
     with explaining(model, x, target, method, batch_size=batch_size) as prep:
         return prep.run(prep.x, prep.target, **options).to(x.device)
+
+
+def _attribute_data(model: nn.Module, data: Data, target: Target | str, method: str,
+                    batch_size: int | None, options: dict[str, Any]) -> Tensor:
+    """:func:`attribute` over a Dataset or a DataLoader: the maps of every example, in
+    example order, computed in aligned blocks (sharded and gathered in a process group)."""
+    if target not in ("label", "prediction"):
+        raise RobustkitError(f"explain {method}: with a Dataset or a DataLoader, target is "
+                             f"'label' or 'prediction', got {target!r}")
+    block = batch_size or 64
+    shard = current_shard()
+    index, maps = [], []
+    for b in batches(data, block, shard=shard, what=f"explain {method}"):
+        t = b.y.long() if target == "label" else predict(model, b.x).argmax(1)
+        index.append(b.index)
+        maps.append(attribute(model, b.x, t, method=method, batch_size=batch_size,
+                              **options).detach().cpu())
+    if not maps:  # no block here (fewer blocks than processes, or no data at all)
+        first = next(batches(data, 1, what=f"explain {method}"), None)
+        if first is None:
+            raise RobustkitError(f"explain {method}: the data holds no examples")
+        index, maps = [torch.empty(0, dtype=torch.long)], [torch.empty(0, *first.x.shape[1:])]
+    joined = gather({"index": torch.cat(index), "maps": torch.cat(maps)})
+    return joined["maps"]
