@@ -346,3 +346,41 @@ def test_checkpoints_of_registered_models_keep_their_checksums(tmp_path):
     from robustkit.models.checkpoint import SPEC_KEYS, _json_digest
 
     assert payload["checksum"]["spec"] == _json_digest({k: payload[k] for k in SPEC_KEYS})
+
+
+class Prototypes(nn.Module):
+    """A classifier of normalized images: the nearest of K prototypes (logit = minus the
+    squared distance). Accurate on the images its pipeline normalizes; on raw [0, 1]
+    images, which all sit near the middle, it picks one class for all."""
+
+    def __init__(self, prototypes: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("prototypes", prototypes)  # (K, D)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return -torch.cdist(z.flatten(1), self.prototypes) ** 2
+
+
+def test_a_forgotten_normalization_gets_the_near_chance_warning_beside_the_number():
+    g = torch.Generator().manual_seed(0)
+    k, shape, mean, std = 10, (3, 4, 4), 0.5, 0.1
+    # Normalized space: class 0's prototype sits at 0.5, where every raw [0, 1] image is
+    # near; the others at +-(1.5 to 3), where normalized images of their class are.
+    signs = torch.randint(0, 2, (k, 48), generator=g) * 2 - 1
+    prototypes = signs * (1.5 + 1.5 * torch.rand(k, 48, generator=g))
+    prototypes[0] = 0.5
+    y = torch.arange(40) % k
+    z = prototypes[y] + 0.1 * torch.randn(40, 48, generator=g)
+    x = (z * std + mean).clamp(0, 1).view(40, *shape)  # what a dataset holds: [0, 1]
+    model = Prototypes(prototypes).eval()
+    # Unwrapped on [0, 1] images: the normalization was forgotten
+    with pytest.warns(UserWarning, match="near chance"):
+        forgotten = robust_accuracy(model, x, y, attack="fgsm", eps=0.01, progress=False)
+    assert forgotten.clean_accuracy <= 0.15
+    # Wrapped: the same weights, the normalization in front, no warning
+    wrapped = wrap(model, mean=[mean] * 3, std=[std] * 3).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right = robust_accuracy(wrapped, x, y, attack="fgsm", eps=0.01, progress=False)
+    assert right.clean_accuracy == 1.0
+    assert float(right) <= right.clean_accuracy
