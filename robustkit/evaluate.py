@@ -23,6 +23,7 @@ from robustkit.attacks.pgd import iterate
 from robustkit.core import (borrowed, check_eps, check_inputs, check_labels,
                             check_positive_int, model_contract, model_device, model_dtype)
 from robustkit.core.distributed import current_shard, gather
+from robustkit.core.resume import BlockStore
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.core.stream import Data, as_tensors, batches, size
 from robustkit.errors import RobustkitError
@@ -178,7 +179,8 @@ def _num_classes(model: nn.Module, out: Outcomes) -> int:
 
 def robustness_curve(model: nn.Module, x: Tensor | Data, y: Tensor | None = None, *,
                      attack: Any = "pgd", eps: Sequence[float], batch_size: int = 1000,
-                     progress: bool = True, seed: int | None = 0, **attack_kwargs: Any
+                     progress: bool = True, seed: int | None = 0,
+                     resume: BlockStore | None = None, **attack_kwargs: Any
                      ) -> list[dict[str, Any]]:
     """Accuracy against eps, at a fraction of the cost of attacking afresh at every eps.
 
@@ -204,6 +206,8 @@ def robustness_curve(model: nn.Module, x: Tensor | Data, y: Tensor | None = None
         batch_size: images per attack call.
         seed: seeds each example's random start by its global index (attacks that take
             a seed).
+        resume: keep finished blocks there and read them back in a later call
+            (:class:`robustkit.core.resume.BlockStore`): a killed run goes on where it was.
         attack_kwargs: the attack's options (pgd: ``steps`` (default 10), ``alpha``,
             ``norm``, ``random_start``, ``targeted``).
 
@@ -225,11 +229,11 @@ def robustness_curve(model: nn.Module, x: Tensor | Data, y: Tensor | None = None
     s = check_options(attack, attack_kwargs, grid=True, what="robustness_curve")
     if s.kind == "registered" and s.name in ("pgd", "bim"):
         return _bisection_curve(model, data, eps_list, s, batch_size, seed, progress,
-                                attack_kwargs)
+                                attack_kwargs, resume)
     run = bind(attack, model, attack_kwargs, eps=eps_list[0], what="robustness_curve",
                defaults={} if seed is None else {"seed": seed})
     base = outcomes(data, {"model": model}, None, batch_size=batch_size,
-                    what="robustness_curve")
+                    what="robustness_curve", resume=_scope(resume, "clean"))
     clean = base.clean["model"].float().mean().item()
     warn_if_near_chance(clean, _num_classes(model, base), len(base.index), "robustness_curve")
     robust = torch.zeros(int(base.index.max()) + 1, dtype=torch.bool)  # by global index
@@ -241,7 +245,8 @@ def robustness_curve(model: nn.Module, x: Tensor | Data, y: Tensor | None = None
             attacked = int(robust.sum())
             if attacked:
                 out = outcomes(data, {"model": model}, run.at(e), batch_size=batch_size,
-                               what="robustness_curve", only=robust.clone(), clean=False)
+                               what="robustness_curve", only=robust.clone(), clean=False,
+                               resume=_scope(resume, f"eps{e!r}"))
                 robust[out.index] &= out.adv["model"]
             records.append({"eps": e, "accuracy": robust[base.index].float().mean().item(),
                             "clean_accuracy": clean, "attacked": attacked,
@@ -252,9 +257,14 @@ def robustness_curve(model: nn.Module, x: Tensor | Data, y: Tensor | None = None
     return records
 
 
+def _scope(resume: BlockStore | None, name: str) -> BlockStore | None:
+    return resume.scope(name) if resume is not None else None
+
+
 def _bisection_curve(model: nn.Module, data: Data, eps_list: list[float], s: AttackSpec,
                      batch_size: int, seed: int | None, progress: bool,
-                     options: dict[str, Any]) -> list[dict[str, Any]]:
+                     options: dict[str, Any], resume: BlockStore | None
+                     ) -> list[dict[str, Any]]:
     """The pgd/bim curve by per-example bisection over the grid, batch by batch (each
     example's bisection is its own, so batching and sharding change nothing)."""
     extra = sorted(set(options) - {"steps", "alpha", "norm", "random_start", "targeted",
@@ -285,8 +295,13 @@ def _bisection_curve(model: nn.Module, data: Data, eps_list: list[float], s: Att
                     check_labels(y, model_contract(model, b.x, "robustness_curve"),
                                  "robustness_curve")
                     first = False
-                for k, v in _bisect_batch(model, b.x, y, b.index, grid, tm, seed,
-                                          opts).items():
+                part = _scope(resume, "bisection")
+                done = part.get(int(b.index[0])) if part is not None else None
+                if done is None or len(done["index"]) != len(y):
+                    done = _bisect_batch(model, b.x, y, b.index, grid, tm, seed, opts)
+                    if part is not None:
+                        part.put(int(b.index[0]), done)
+                for k, v in done.items():
                     records[k].append(v)
                 bar.update(len(y))
     finally:
@@ -353,7 +368,8 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
                     eps: float = 0.3,
                     norm: str = "linf", steps: int = 20, large_eps: float | None = None,
                     transfer_from: nn.Module | None = None, seed: int = 0,
-                    batch_size: int = 500, progress: bool = True) -> dict[str, Any]:
+                    batch_size: int = 500, progress: bool = True,
+                    resume: BlockStore | None = None) -> dict[str, Any]:
     """Automated sanity checks of a robustness evaluation.
 
     After Carlini et al. 2019, "On Evaluating Adversarial Robustness" (arXiv 1902.06705),
@@ -389,28 +405,29 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
     check_positive_int(batch_size, "validity_checks", "batch_size")
     pgd_kw: dict[str, Any] = {"norm": norm, "eps": eps}
 
-    def run(attack: Any, source: nn.Module = model, **kw: Any) -> Outcomes:
+    def run(part: str, attack: Any, source: nn.Module = model, **kw: Any) -> Outcomes:
         bar.update()
         bound = attack if isinstance(attack, BoundAttack) else _bound(
             source, attack, kw, "validity_checks", seed)
         return outcomes(data, {"model": model}, bound, batch_size=batch_size,
-                        what="validity_checks")
+                        what="validity_checks", resume=_scope(resume, part))
 
     bar = tqdm(total=6, disable=not progress, desc="validity checks", leave=False)
     try:
-        pgd = run("pgd", steps=steps, **pgd_kw)
+        pgd = run("pgd", "pgd", steps=steps, **pgd_kw)
         correct, pgd_ok = pgd.clean["model"], pgd.robust("model")  # (N,) each
-        single = run("fgsm", eps=eps) if norm == "linf" else run(
-            "pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm)
-        pgd_double = run("pgd", steps=2 * steps, **pgd_kw)
+        single = run("single", "fgsm", eps=eps) if norm == "linf" else run(
+            "single", "pgd", eps=eps, steps=1, alpha=eps, random_start=False, norm=norm)
+        pgd_double = run("double", "pgd", steps=2 * steps, **pgd_kw)
         grid = sorted({eps / 4, eps / 2, eps, 2 * eps, large_eps})
         curve = robustness_curve(model, data, attack="pgd", eps=grid, steps=steps, norm=norm,
-                                 seed=seed, progress=False, batch_size=batch_size)
+                                 seed=seed, progress=False, batch_size=batch_size,
+                                 resume=_scope(resume, "curve"))
         curve_acc = [r["accuracy"] for r in curve]  # sorted by eps, like grid
-        noise_ok = run(_noise(model, eps, norm, seed)).robust("model")  # (N,)
+        noise_ok = run("noise", _noise(model, eps, norm, seed)).robust("model")  # (N,)
         transfer_acc = None
         if transfer_from is not None:
-            tr = run("pgd", source=transfer_from, steps=steps, **pgd_kw)
+            tr = run("transfer", "pgd", source=transfer_from, steps=steps, **pgd_kw)
             transfer_acc = float(tr.robust("model").float().mean())
     finally:
         bar.close()

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from robustkit.attacks.binding import BoundAttack
 from robustkit.core import check_inputs, check_labels, model_contract, model_device, predict
 from robustkit.core.distributed import current_shard, gather
+from robustkit.core.resume import BlockStore
 from robustkit.core.stream import Data, batches, is_tensor_pair, size
 from robustkit.errors import RobustkitError
 
@@ -84,8 +85,8 @@ def _checked(models: Mapping[str, nn.Module], xb: Tensor, yb: Tensor, what: str)
 def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack | None = None,
              *, batch_size: int = 500, progress: bool = False, what: str = "evaluate",
              only: Tensor | Callable[[Tensor], Tensor] | None = None, clean: bool = True,
-             measure: Mapping[str, Callable[[Tensor, Tensor], Tensor]] | None = None
-             ) -> Outcomes:
+             measure: Mapping[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
+             resume: BlockStore | None = None) -> Outcomes:
     """Score ``data`` clean and under ``attack`` on every scorer, batch by batch.
 
     Args:
@@ -101,6 +102,9 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
         clean: also score the clean images (False: ``clean`` is empty).
         measure: name -> ``f(x, x_adv) -> (B,)``, per-example measures of the perturbation
             (norms, PSNR), taken before the adversarial images are dropped.
+        resume: where finished blocks are kept (:class:`robustkit.core.resume.BlockStore`):
+            each block is stored when done, and a block found there is read back instead
+            of computed, so a killed run goes on where it was.
 
     Returns:
         :class:`Outcomes`, gathered over every rank of a process group.
@@ -130,7 +134,15 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
                                         if attack is not None and attack.model is not None
                                         else {})}, x, y, what)
                 checked = True
-            _score_batch(records, scorers, attack, b.index, x, y, only, clean, measure or {})
+            start = int(b.index[0])
+            done = resume.get(start) if resume is not None else None
+            if done is not None and set(done) == set(keys) and len(done["index"]) == len(y):
+                records.add(done)
+            else:
+                row = _score_batch(scorers, attack, b.index, x, y, only, clean, measure or {})
+                records.add(row)
+                if resume is not None:
+                    resume.put(start, row)
             bar.update(len(y))
     finally:
         bar.close()
@@ -183,11 +195,12 @@ class _Records:
         return out
 
 
-def _score_batch(records: _Records, scorers: Mapping[str, nn.Module],
-                 attack: BoundAttack | None, index: Tensor, x: Tensor, y: Tensor,
+def _score_batch(scorers: Mapping[str, nn.Module], attack: BoundAttack | None,
+                 index: Tensor, x: Tensor, y: Tensor,
                  only: Tensor | Callable[[Tensor], Tensor] | None, clean: bool,
-                 measure: Mapping[str, Callable[[Tensor, Tensor], Tensor]]) -> None:
-    """Record one batch: clean and adversarial correctness per scorer, and the measures."""
+                 measure: Mapping[str, Callable[[Tensor, Tensor], Tensor]]
+                 ) -> dict[str, Tensor]:
+    """One batch's records: clean and adversarial correctness per scorer, the measures."""
     row: dict[str, Tensor] = {"index": index, "label": y.cpu()}
     y_cpu = y.cpu()
     clean_ok = {}
@@ -197,8 +210,7 @@ def _score_batch(records: _Records, scorers: Mapping[str, nn.Module],
             row[f"clean:{name}"] = clean_ok[name]
     if attack is None:
         row["attacked"] = torch.zeros(len(y), dtype=torch.bool)
-        records.add(row)
-        return
+        return row
     if only is None:
         mask = torch.ones(len(y), dtype=torch.bool)
     elif callable(only):
@@ -221,4 +233,4 @@ def _score_batch(records: _Records, scorers: Mapping[str, nn.Module],
             values[name][sel] = fn(x_cpu, x_adv.detach().float().cpu()).float()
     row.update({f"measure:{name}": value for name, value in values.items()})
     row.update({f"adv:{name}": ok for name, ok in adv_ok.items()})
-    records.add(row)
+    return row

@@ -22,6 +22,7 @@ from torch import nn
 from robustkit.attacks.binding import bind, check_options
 from robustkit.core import check_eps, model_contract
 from robustkit.errors import RobustkitError
+from robustkit.core.resume import BlockStore
 from robustkit.core.stream import batches
 from robustkit.outcomes import as_data, outcomes
 
@@ -94,7 +95,8 @@ class TransferResult(dict):
 def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module],
                     x: Any, y: Tensor | None = None, *, attack: Any = "pgd",
                     eps: float | Sequence[float], batch_size: int = 500,
-                    progress: bool = True, seed: int | None = None, **attack_kwargs: Any
+                    progress: bool = True, seed: int | None = None,
+                    resume: BlockStore | None = None, **attack_kwargs: Any
                     ) -> TransferResult | dict[float, TransferResult]:
     """Accuracy of every target on adversarial examples crafted on every source.
 
@@ -118,6 +120,8 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
         batch_size: images per attack call.
         seed: the seed of attacks that take one (random starts), unless ``attack_kwargs``
             gives one; ignored by attacks without a seed.
+        resume: keep finished blocks there and read them back in a later call
+            (:class:`robustkit.core.resume.BlockStore`): a killed run goes on where it was.
         attack_kwargs: the attack's options (``steps``, ``alpha`` ...).
 
     Returns:
@@ -142,7 +146,8 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
     bound = bind(attack, first, attack_kwargs, eps=eps_list[0], what="transfer_matrix",
                  defaults={} if seed is None else {"seed": seed})
     clean = outcomes(data, {**sources, **targets}, None, batch_size=batch_size,
-                     what="transfer_matrix")
+                     what="transfer_matrix",
+                     resume=resume.scope("clean") if resume is not None else None)
     correct = clean.clean  # name -> (N,) bool, in example order
     results = {}
     for e in eps_list:
@@ -152,7 +157,9 @@ def transfer_matrix(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.M
         for s_name, source in sources.items():
             adv_ok = outcomes(data, dict(targets), bound.on(source).at(e),
                               batch_size=batch_size, progress=progress,
-                              what="transfer_matrix", clean=False).adv  # {target: (N,)}
+                              what="transfer_matrix", clean=False,
+                              resume=(resume.scope(f"{s_name}/eps{e!r}")
+                                      if resume is not None else None)).adv  # {target: (N,)}
             result[s_name], result.success[s_name], result.fooled[s_name] = {}, {}, {}
             for t_name in targets:
                 robust = correct[t_name] & adv_ok[t_name]

@@ -172,3 +172,49 @@ def test_cli_commands_under_torchrun_match_one_process(command, setup, subproces
             assert done.stdout.count("robust accuracy" if command[0] == "attack"
                                      else "alignment with the image") == 1
     assert outputs[1] == outputs[2]
+
+
+def test_a_killed_attack_under_torchrun_resumes_without_recomputing_finished_blocks(
+        setup, subprocess_env, tmp_path, monkeypatch):
+    """`robustkit attack --out r.json` under torchrun keeps each finished block in
+    r.json.parts/; killed (every rank) after some blocks are stored, a rerun (here in one
+    process: blocks do not depend on the number of processes) computes only the rest, and
+    writes what an uninterrupted run writes."""
+    from test_distributed_run import _kill_when
+
+    import robustkit.outcomes as outcomes_module
+    from robustkit.cli import main
+
+    root = setup
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
+    command = ["attack", "--checkpoint", str(root / "m.pt"), "--attack", "pgd", "--eps", "0.1",
+               "--steps", "40", "--images", "300", "--batch-size", "10", "--quiet"]
+    whole = tmp_path / "whole.json"
+    assert main([*command, "--out", str(whole)]) == 0
+    assert not (tmp_path / "whole.json.parts").exists()  # cleared once the result is written
+    out = tmp_path / "r.json"
+    parts = tmp_path / "r.json.parts" / "attack"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2", "-m", "robustkit", *command,
+                             "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _kill_when(proc, lambda: len(list(parts.glob("block-*.pt"))) >= 4, "4 finished blocks",
+               (0, 1))
+    done = {p.name: p.stat().st_mtime_ns for p in parts.glob("block-*.pt")}
+    assert 4 <= len(done) < 30 and not out.exists()
+    computed = []
+    real = outcomes_module._score_batch
+
+    def counting(*args, **kwargs):
+        computed.append(int(args[2][0]))  # the block's first index
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outcomes_module, "_score_batch", counting)
+    assert main([*command, "--out", str(out)]) == 0
+    assert sorted(computed) == sorted(set(range(0, 300, 10)) - {int(n[6:-3]) for n in done})
+    assert _json_without_timings(out) == _json_without_timings(whole)
+    # a store of another computation is refused, not mixed in
+    (tmp_path / "s.json.parts" / "attack").mkdir(parents=True)
+    (tmp_path / "s.json.parts" / "fingerprint.json").write_text('{"command": "curve"}')
+    assert main([*command, "--out", str(tmp_path / "s.json")]) == 2
+    assert main([*command, "--out", str(tmp_path / "s.json"), "--fresh"]) == 0

@@ -24,6 +24,8 @@ from robustkit import metrics
 from robustkit.attacks.base import threat_model
 from robustkit.attacks.binding import bind, check_options, spec
 from robustkit.cli import common
+from robustkit.core import distributed
+from robustkit.core.resume import BlockStore
 from robustkit.evaluate import minimal_table, robustness_curve, validity_checks
 from robustkit.outcomes import outcomes
 
@@ -38,6 +40,12 @@ MEASURES = {
 }
 
 
+def _fresh_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fresh", action="store_true",
+                   help="discard OUT.parts/ (the finished blocks of an interrupted run, kept "
+                        "so that it goes on where it was) and start over")
+
+
 def add_parsers(sub: Any) -> None:
     """Add ``attack``, ``curve``, ``minimal`` and ``validity`` to an argparse subparsers
     object."""
@@ -46,7 +54,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--eps", type=common.nonneg_float,
                    help=f"radius, for attacks that take one (default {common.DEFAULT_EPS}); "
                         "attacks that measure a distance (deepfool, cw_l2) take none")
-    p.add_argument("--out", help="JSON file for the results")
+    p.add_argument("--out", help="JSON file for the results; finished blocks are kept in "
+                                 "OUT.parts/ until it is written, so a killed run (one rank "
+                                 "or all) goes on where it was")
+    _fresh_flag(p)
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("curve", help="robust accuracy against eps (incremental, early-stopping)")
@@ -54,6 +65,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--eps", type=common.eps_list, default=[0.05, 0.1, 0.2, 0.3],
                    help="comma-separated radii (default 0.05,0.1,0.2,0.3)")
     p.add_argument("--out", help="JSON file for the curve")
+    _fresh_flag(p)
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("minimal",
@@ -80,6 +92,7 @@ def add_parsers(sub: Any) -> None:
     common.add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", help="JSON file for the checks")
+    _fresh_flag(p)
     p.set_defaults(func=cmd_validity)
 
 
@@ -98,8 +111,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # Batch by batch (sharded under torchrun): each adversarial image is measured and
     # dropped, so memory does not grow with --n.
+    parts = common.resume_store(out, args, {"command": "attack", "dataset": dataset,
+                                            "n": len(y), "options": run.record_options()})
     out_ = outcomes((x, y), {"model": model}, run, batch_size=args.batch_size,
-                    progress=not args.quiet, what="attack", measure=MEASURES)
+                    progress=not args.quiet, what="attack", measure=MEASURES,
+                    resume=parts.scope("attack") if parts is not None else None)
     seconds = time.perf_counter() - start
     clean_ok, adv_ok = out_.clean["model"], out_.adv["model"]
     fooled = clean_ok & ~adv_ok  # the examples the attack broke
@@ -126,6 +142,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         print(f"median over fooled: L0 {med['l0']:.0f}  L2 {med['l2']:.3f}  "
               f"Linf {med['linf']:.3f}  PSNR {med['psnr']:.1f} dB  SSIM {med['ssim']:.3f}")
     common.write_out(out, result)
+    _done(parts)
     return 0
 
 
@@ -136,9 +153,12 @@ def cmd_curve(args: argparse.Namespace) -> int:
     out = common.out_file(args.out, inputs=common.model_inputs(args))
     model, dataset, x, y = common.load_for_attack(args)
     start = time.perf_counter()
+    parts = common.resume_store(out, args, {"command": "curve", "dataset": dataset,
+                                            "n": len(y), "attack": args.attack,
+                                            "options": options, "eps": args.eps})
     curve = robustness_curve(model, x, y, attack=args.attack, eps=args.eps,
                              batch_size=args.batch_size, progress=not args.quiet,
-                             seed=args.seed, **options)
+                             seed=args.seed, resume=parts, **options)
     seconds = time.perf_counter() - start
     print(f"{args.attack} {json.dumps(options)} on {len(y)} {dataset} test images "
           f"({seconds:.1f}s)")
@@ -148,7 +168,14 @@ def cmd_curve(args: argparse.Namespace) -> int:
     common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
                            "attack": args.attack, "options": options, "seed": args.seed,
                            "seconds": seconds, "curve": curve})
+    _done(parts)
     return 0
+
+
+def _done(parts: BlockStore | None) -> None:
+    """The result is written: the finished blocks have nothing left to resume."""
+    if parts is not None and distributed.is_main():
+        parts.clear()
 
 
 def cmd_minimal(args: argparse.Namespace) -> int:
@@ -200,8 +227,12 @@ def cmd_validity(args: argparse.Namespace) -> int:
         source = common.load_model(args.transfer_from, next(model.parameters()).device,
                                    flag="--transfer-from")
     start = time.perf_counter()
+    parts = common.resume_store(out, args, {"command": "validity", "dataset": dataset,
+                                            "n": len(y), "settings": settings,
+                                            "transfer_from": args.transfer_from})
     report = validity_checks(model, x, y, transfer_from=source, seed=args.seed,
-                             batch_size=args.batch_size, progress=not args.quiet, **settings)
+                             batch_size=args.batch_size, progress=not args.quiet,
+                             resume=parts, **settings)
     seconds = time.perf_counter() - start
     print(f"validity checks, {settings['norm']} eps {settings['eps']}, PGD-{settings['steps']}, "
           f"{len(y)} {dataset} test images, clean accuracy "
@@ -213,4 +244,5 @@ def cmd_validity(args: argparse.Namespace) -> int:
     common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
                            "steps": settings["steps"], "seed": args.seed, "seconds": seconds,
                            **report})
+    _done(parts)
     return 0

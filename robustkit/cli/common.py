@@ -27,7 +27,8 @@ from torch import nn
 
 from robustkit import data, models
 from robustkit.core import (check_writable, check_writable_dir, distributed, pick_device,
-                            write_json)
+                            sha256, write_json)
+from robustkit.core.resume import BlockStore
 from robustkit.errors import RobustkitError
 
 #: Devices a command can run on (``auto``: CUDA, then MPS, then the CPU).
@@ -309,6 +310,21 @@ def model_record(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"spec": args.model, "options": merged_options(args),
                       "weights": args.weights, "mean": args.mean, "std": args.std,
                       "output": args.output}}
+
+
+def resume_store(out: Path | None, args: argparse.Namespace,
+                 what: dict[str, Any]) -> BlockStore | None:
+    """The finished blocks of this command's computation, in ``OUT.parts/`` (None without
+    ``--out``): fingerprinted by ``what``, the model (its files' SHA-256), the seed and the
+    batch size, so blocks of another computation are refused, never mixed in."""
+    if out is None:
+        return None
+    files = {str(f): sha256(Path(f).read_bytes()) for f in model_inputs(args)}
+    model = model_record(args) if hasattr(args, "checkpoint") else {}
+    fingerprint = {**what, **model, "model_files": files, "seed": getattr(args, "seed", None),
+                   "batch_size": args.batch_size}
+    return BlockStore(out.with_name(out.name + ".parts"), fingerprint,
+                      fresh=getattr(args, "fresh", False))
 
 
 def model_inputs(args: argparse.Namespace) -> list[str]:

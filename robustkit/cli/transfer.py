@@ -16,7 +16,7 @@ from typing import Any
 
 from robustkit.attacks.binding import check_options
 from robustkit.cli import common
-from robustkit.core import distributed, pick_device
+from robustkit.core import distributed, pick_device, sha256
 from robustkit.errors import RobustkitError
 from robustkit.transfer import transfer_matrix
 
@@ -33,6 +33,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--eps", type=common.eps_list, default=[0.1, 0.2],
                    help="comma-separated radii (default 0.1,0.2)")
     p.add_argument("--out", help="JSON file for the matrices; the heatmap goes beside it (.png)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard OUT.parts/ (the finished blocks of an interrupted run) and "
+                        "start over")
     p.set_defaults(func=cmd_transfer)
 
 
@@ -65,9 +68,14 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     targets = {names[p]: loaded[names[p]] for p in args.targets}
     dataset, x, y = common.images_for(args, next(iter(sources.values())))
     start = time.perf_counter()
+    parts = common.resume_store(out, args, {
+        "command": "transfer", "dataset": dataset, "n": len(y), "attack": args.attack,
+        "options": options, "eps": list(args.eps), "sources": args.sources,
+        "targets": args.targets,
+        "files": {p: sha256(Path(p).read_bytes()) for p in dict.fromkeys(names)}})
     results = transfer_matrix(sources, targets, x, y, attack=args.attack, eps=list(args.eps),
                               batch_size=args.batch_size, progress=not args.quiet,
-                              seed=args.seed, **options)
+                              seed=args.seed, resume=parts, **options)
     seconds = time.perf_counter() - start
     options = next(iter(results.values())).options  # what the attack received
     print(f"{attack.name} {json.dumps(options)} on {len(y)} {dataset} test images "
@@ -100,4 +108,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         transfer_heatmaps({eps: dict(m) for eps, m in results.items()}, png,
                           title=f"{args.attack} transfer on {dataset}: target accuracy")
         print(f"wrote {png}")
+        if parts is not None:
+            parts.clear()  # the result is written: nothing left to resume
     return 0
