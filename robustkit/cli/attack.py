@@ -26,6 +26,7 @@ from robustkit.attacks.binding import bind, check_options, spec
 from robustkit.cli import common
 from robustkit.core import distributed
 from robustkit.core.resume import BlockStore
+from robustkit.core.stream import as_tensors
 from robustkit.evaluate import minimal_table, robustness_curve, validity_checks
 from robustkit.outcomes import outcomes
 
@@ -111,9 +112,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # Batch by batch (sharded under torchrun): each adversarial image is measured and
     # dropped, so memory does not grow with --n.
+    n = common.count(x, y)
     parts = common.resume_store(out, args, {"command": "attack", "dataset": dataset,
-                                            "n": len(y), "options": run.record_options()})
-    out_ = outcomes((x, y), {"model": model}, run, batch_size=args.batch_size,
+                                            "n": n, "options": run.record_options()})
+    out_ = outcomes(common.data_of(x, y), {"model": model}, run, batch_size=args.batch_size,
                     progress=not args.quiet, what="attack", measure=MEASURES,
                     resume=parts.scope("attack") if parts is not None else None)
     seconds = time.perf_counter() - start
@@ -125,7 +127,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     recorded = run.record_options()  # eps only where the attack took one
     result = {
-        **common.model_record(args), "dataset": dataset, "n": len(y), "attack": args.attack,
+        **common.model_record(args), "dataset": dataset, "n": n, "attack": args.attack,
         "options": recorded, "seconds": seconds,
         "clean_accuracy": clean_ok.float().mean().item(),
         "robust_accuracy": (clean_ok & adv_ok).float().mean().item(),
@@ -133,7 +135,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         "median_over_fooled": {name: median(name) for name in MEASURES},
     }
     med = result["median_over_fooled"]
-    print(f"{args.attack} {json.dumps(recorded)} on {len(y)} {dataset} test images "
+    print(f"{args.attack} {json.dumps(recorded)} on {common.count(x, y)} {dataset} test images "
           f"({seconds:.1f}s)")
     print(f"clean accuracy   {result['clean_accuracy'] * 100:6.2f}%")
     print(f"robust accuracy  {result['robust_accuracy'] * 100:6.2f}%")
@@ -154,18 +156,18 @@ def cmd_curve(args: argparse.Namespace) -> int:
     model, dataset, x, y = common.load_for_attack(args)
     start = time.perf_counter()
     parts = common.resume_store(out, args, {"command": "curve", "dataset": dataset,
-                                            "n": len(y), "attack": args.attack,
+                                            "n": common.count(x, y), "attack": args.attack,
                                             "options": options, "eps": args.eps})
     curve = robustness_curve(model, x, y, attack=args.attack, eps=args.eps,
                              batch_size=args.batch_size, progress=not args.quiet,
                              seed=args.seed, resume=parts, **options)
     seconds = time.perf_counter() - start
-    print(f"{args.attack} {json.dumps(options)} on {len(y)} {dataset} test images "
+    print(f"{args.attack} {json.dumps(options)} on {common.count(x, y)} {dataset} test images "
           f"({seconds:.1f}s)")
     print(f"{'eps':>8s} {'accuracy':>9s} {'attacked':>9s}")
     for r in curve:
         print(f"{r['eps']:8.3f} {r['accuracy'] * 100:8.2f}% {r['attacked']:9d}")
-    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
+    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": common.count(x, y),
                            "attack": args.attack, "options": options, "seed": args.seed,
                            "seconds": seconds, "curve": curve})
     _done(parts)
@@ -181,7 +183,9 @@ def _done(parts: BlockStore | None) -> None:
 def cmd_minimal(args: argparse.Namespace) -> int:
     """The class-by-class table of median smallest perturbations, per norm."""
     out = common.out_file(args.out, inputs=common.model_inputs(args))
-    model, dataset, x, y = common.load_for_attack(args)
+    model, dataset, images, labels = common.load_for_attack(args)
+    # every (image, target) pair is attacked: a few images, as tensors
+    x, y = as_tensors(common.data_of(images, labels), "minimal")
     start = time.perf_counter()
     tables = {n: minimal_table(model, x, y, norm=n, steps=args.steps,
                                batch_size=args.batch_size, progress=not args.quiet)
@@ -190,7 +194,7 @@ def cmd_minimal(args: argparse.Namespace) -> int:
     classes = sorted(set(y.tolist()))
     for n, table in tables.items():
         print(f"\nmedian {n} perturbation to turn class (row) into class (column), "
-              f"{len(y)} {dataset} test images:")
+              f"{common.count(x, y)} {dataset} test images:")
         print("      " + "".join(f"{c:>7d}" for c in classes))
         for r in classes:
             cells = "".join("      -" if r == t else
@@ -200,7 +204,7 @@ def cmd_minimal(args: argparse.Namespace) -> int:
         print(f"reached the target in {table['success_rate'] * 100:.1f}% of "
               f"{table['pairs']} (image, target) pairs")
     print(f"({seconds:.1f}s)")
-    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
+    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": common.count(x, y),
                            "steps": args.steps, "seconds": seconds, "tables": tables})
     return 0
 
@@ -228,20 +232,20 @@ def cmd_validity(args: argparse.Namespace) -> int:
                                    flag="--transfer-from")
     start = time.perf_counter()
     parts = common.resume_store(out, args, {"command": "validity", "dataset": dataset,
-                                            "n": len(y), "settings": settings,
+                                            "n": common.count(x, y), "settings": settings,
                                             "transfer_from": args.transfer_from})
     report = validity_checks(model, x, y, transfer_from=source, seed=args.seed,
                              batch_size=args.batch_size, progress=not args.quiet,
                              resume=parts, **settings)
     seconds = time.perf_counter() - start
     print(f"validity checks, {settings['norm']} eps {settings['eps']}, PGD-{settings['steps']}, "
-          f"{len(y)} {dataset} test images, clean accuracy "
+          f"{common.count(x, y)} {dataset} test images, clean accuracy "
           f"{report['clean_accuracy'] * 100:.2f}% ({seconds:.1f}s)")
     for c in report["checks"]:
         verdict = {True: "pass", False: "FAIL", None: "skip"}[c["passed"]]
         print(f"  {verdict:4s}  {c['name']:28s} {c['detail']}")
     print("all checks passed" if report["passed"] else "some checks FAILED: suspect the evaluation")
-    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": len(y),
+    common.write_out(out, {**common.model_record(args), "dataset": dataset, "n": common.count(x, y),
                            "steps": settings["steps"], "seed": args.seed, "seconds": seconds,
                            **report})
     _done(parts)

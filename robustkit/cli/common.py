@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from robustkit import data, models
 from robustkit.core import (check_writable, check_writable_dir, distributed, pick_device,
@@ -398,21 +400,44 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 
 
 def images_for(args: argparse.Namespace, model: nn.Module
-                ) -> tuple[str, torch.Tensor, torch.Tensor]:
+                ) -> tuple[str, Any, torch.Tensor | None]:
     """``args.n`` test images of ``args.dataset`` (default: the model's), class-balanced.
 
     Returns:
-        The dataset's name, images (N, C, H, W) in [0, 1] and labels (N,).
+        The dataset's name, then images (N, C, H, W) in [0, 1] and labels (N,); for an
+        image folder, a Dataset of the chosen images and None: read one image at a time,
+        never loaded whole.
     """
     meta: dict[str, Any] = getattr(model, "robustkit_metadata", None) or {}
     dataset = args.dataset or meta.get("dataset") or "mnist-5k"
+    if data.spec(dataset).open is not None:  # an image folder: streamed
+        folder = data.dataset(dataset, "test", root=args.root)
+        labels = np.asarray(getattr(folder, "targets"))
+        _check_n(args.n, len(labels), dataset)
+        chosen = (data.stratified_indices(labels, args.n, seed=0) if args.n < len(labels)
+                  else np.arange(len(labels)))
+        return dataset, Subset(folder, np.sort(chosen).tolist()), None
     x, y = data.load_tensors(dataset, "test", root=args.root)
-    if args.n > len(y):
-        raise RobustkitError(f"--n {args.n} is larger than {dataset}'s test split ({len(y)})")
+    _check_n(args.n, len(y), dataset)
     if args.n < len(y):  # a fixed, class-balanced subset (100 per class in mnist-5k)
         keep = torch.from_numpy(data.stratified_indices(y.numpy(), args.n, seed=0))
         x, y = x[keep], y[keep]
     return dataset, x, y
+
+
+def _check_n(n: int, available: int, dataset: str) -> None:
+    if n > available:
+        raise RobustkitError(f"--n {n} is larger than {dataset}'s test split ({available})")
+
+
+def count(x: Any, y: torch.Tensor | None) -> int:
+    """The number of images :func:`images_for` chose."""
+    return len(y) if y is not None else len(x)
+
+
+def data_of(x: Any, y: torch.Tensor | None) -> Any:
+    """What :func:`images_for` chose, as the evaluations take it: ``(x, y)`` or a Dataset."""
+    return x if y is None else (x, y)
 
 
 def check_dataset(name: str | None) -> None:
@@ -422,7 +447,7 @@ def check_dataset(name: str | None) -> None:
 
 
 def load_for_attack(args: argparse.Namespace
-                    ) -> tuple[nn.Module, str, torch.Tensor, torch.Tensor]:
+                    ) -> tuple[nn.Module, str, Any, torch.Tensor | None]:
     """The model (``--checkpoint``, or ``--model`` by spec) on the chosen device and
     ``args.n`` test images."""
     check_dataset(args.dataset)

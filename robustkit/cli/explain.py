@@ -20,6 +20,7 @@ from torch import nn
 
 from robustkit.cli import common
 from robustkit.core import distributed, predict, versions
+from robustkit.core.stream import as_tensors
 from robustkit.errors import RobustkitError
 from robustkit.explain.alignment import alignment
 from robustkit.explain.attribution import attribute
@@ -85,7 +86,9 @@ def _setup(args: argparse.Namespace, default: list[str]) -> _Job:
     """The job, with every user mistake caught before any work."""
     methods = _methods(args.methods, default)
     out = common.out_dir(args.out)
-    model, dataset, x, y = common.load_for_attack(args)
+    model, dataset, images, labels = common.load_for_attack(args)
+    # A few images: as tensors, also from an image folder
+    x, y = as_tensors(images if labels is None else (images, labels), "explain")
     pred = predict(model, x).argmax(1)
     record = {**common.model_record(args), "dataset": dataset, "n": len(y),
               "target": args.target, "seed": args.seed, "methods": methods}

@@ -69,7 +69,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     dataset, x, y = common.images_for(args, next(iter(sources.values())))
     start = time.perf_counter()
     parts = common.resume_store(out, args, {
-        "command": "transfer", "dataset": dataset, "n": len(y), "attack": args.attack,
+        "command": "transfer", "dataset": dataset, "n": common.count(x, y), "attack": args.attack,
         "options": options, "eps": list(args.eps), "sources": args.sources,
         "targets": args.targets,
         "files": {p: sha256(Path(p).read_bytes()) for p in dict.fromkeys(names)}})
@@ -78,7 +78,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
                               seed=args.seed, resume=parts, **options)
     seconds = time.perf_counter() - start
     options = next(iter(results.values())).options  # what the attack received
-    print(f"{attack.name} {json.dumps(options)} on {len(y)} {dataset} test images "
+    print(f"{attack.name} {json.dumps(options)} on {common.count(x, y)} {dataset} test images "
           f"({seconds:.1f}s)")
     width = max(8, *(len(t) for t in targets))
     for eps, m in results.items():
@@ -90,7 +90,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
                             for t, v in row.items())
             print(f"{s_name:>{width}s}{cells}")
     payload = {
-        "dataset": dataset, "n": len(y), "attack": args.attack, "options": options,
+        "dataset": dataset, "n": common.count(x, y), "attack": args.attack, "options": options,
         "seconds": seconds, "checkpoints": {name: str(p) for p, name in names.items()},
         "clean_accuracy": {k: v.float().mean().item()
                            for k, v in next(iter(results.values())).correct.items()},
