@@ -454,7 +454,7 @@ def test_preact_block_counts_and_shortcuts():
 def test_wide_resnet_blocks_widths_and_dropout():
     model = models.create("wide_resnet", (3, 32, 32), 10, depth=22, widen_factor=2,
                           dropout=0.3)
-    blocks = [m for m in model.modules() if type(m).__name__ == "WideBlock"]
+    blocks = [m for m in model.modules() if type(m).__name__ == "PreActBlock"]
     assert len(blocks) == 9  # (22 - 4) / 6 = 3 per group
     assert [b.conv2.out_channels for b in blocks[::3]] == [32, 64, 128]
     assert all(b.dropout.p == 0.3 for b in blocks)

@@ -25,7 +25,7 @@ CIFAR_TRAINING = TrainConfig(epochs=30, batch_size=128, lr=0.1, optimizer="sgd",
 
 
 class PreActBlock(nn.Module):
-    """BN -> ReLU -> conv3x3(stride) -> BN -> ReLU -> conv3x3, plus the shortcut.
+    """BN -> ReLU -> conv3x3(stride) [-> dropout] -> BN -> ReLU -> conv3x3, plus the shortcut.
 
     The shortcut is the input itself, or a 1x1 convolution (stride) of the pre-activated
     input where the channels or the resolution change (He et al. 2016, section 3.1).
@@ -33,11 +33,14 @@ class PreActBlock(nn.Module):
     use of it.
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        # WideResNet's dropout between the convolutions (none in ResNet-18)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
@@ -49,6 +52,8 @@ class PreActBlock(nn.Module):
         out = self.relu1(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
+        if self.dropout is not None:
+            out = self.dropout(out)
         out = self.conv2(self.relu2(self.bn2(out)))
         return out + shortcut
 

@@ -17,35 +17,14 @@ from torch import nn
 from robustkit.errors import RobustkitError
 from robustkit.models.normalize import Normalize
 from robustkit.models.preact_resnet import CIFAR_TRAINING
+from robustkit.models.preact_resnet import PreActBlock
 from robustkit.models.zoo import register_model
 
 
-class WideBlock(nn.Module):
-    """BN -> ReLU -> conv3x3(stride) -> dropout -> BN -> ReLU -> conv3x3, plus the
-    shortcut (the input, or a 1x1 convolution of the pre-activated input where the shape
-    changes). Each ReLU is its own module, called once."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.relu1 = nn.ReLU()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x):  # (N, in_planes, H, W) -> (N, planes, H / stride, W / stride)
-        out = self.relu1(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        if self.dropout is not None:
-            out = self.dropout(out)
-        out = self.conv2(self.relu2(self.bn2(out)))
-        return out + shortcut
+def WideBlock(in_planes: int, planes: int, stride: int, dropout: float) -> PreActBlock:
+    """A wide block: the pre-activation block with dropout between its convolutions
+    (BN -> ReLU -> conv3x3(stride) -> dropout -> BN -> ReLU -> conv3x3, plus the shortcut)."""
+    return PreActBlock(in_planes, planes, stride, dropout)
 
 
 class WideResNet(nn.Module):
