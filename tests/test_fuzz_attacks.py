@@ -30,8 +30,8 @@ from robustkit.attacks.threat import flat_norm
 from robustkit.errors import RobustkitError
 
 SHAPE = (1, 6, 6)
-ENTRY_POINTS = ["fgsm", "bim", "pgd", "mifgsm", "deepfool", "cw_l2", "minimal_targeted",
-                "robust_accuracy"]
+ENTRY_POINTS = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "deepfool", "cw_l2",
+                "minimal_targeted", "robust_accuracy"]
 FUNCTIONS = {**{n: attacks.ATTACKS.get(n) for n in attacks.names()},
              "minimal_targeted": attacks.minimal_targeted}
 
@@ -47,10 +47,12 @@ VALID = {
     "kappa": st.floats(0, 1), "lr": st.floats(0.001, 0.1),
     "binary_search_steps": st.integers(1, 2), "search_steps": st.integers(1, 2),
     "max_eps": st.floats(0.01, 1),
+    "loss": st.sampled_from(["ce", "dlr", "margin"]), "rho": st.floats(0, 1),
 }
 BROKEN = st.sampled_from([-1, -0.5, 0, float("nan"), float("inf"), "x", None, True, [1],
                           2.5, 10**6 + 0.5])
-LIMITS = {"steps": {"cw_l2": (2, 4), "minimal_targeted": (2, 4)}}
+LIMITS = {"steps": {"cw_l2": (2, 4), "minimal_targeted": (2, 4), "apgd": (1, 4)},
+          "target_classes": {"apgd": (1, 2)}}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,9 @@ def calls(draw, name: str):
         lo_hi = LIMITS.get(key, {}).get(name)
         valid = st.integers(*lo_hi) if lo_hi else VALID.get(key, BROKEN)
         options[key] = draw(st.one_of(valid, valid, BROKEN))
-    if name in ("fgsm", "bim", "pgd", "mifgsm") and "eps" not in options:
+    if name == "apgd":
+        options.setdefault("steps", draw(st.integers(1, 4)))
+    if name in ("fgsm", "bim", "pgd", "mifgsm", "apgd") and "eps" not in options:
         options["eps"] = draw(st.floats(0, 0.5))
     if name == "minimal_targeted":
         options.setdefault("steps", draw(st.integers(2, 4)))
@@ -153,7 +157,7 @@ def test_fuzzed_calls_are_refused_or_sound(name, model):
         assert torch.isfinite(result).all()
         assert result.min() >= 0 and result.max() <= 1
         eps = options.get("eps")
-        if name in ("fgsm", "bim", "pgd", "mifgsm"):
+        if name in ("fgsm", "bim", "pgd", "mifgsm", "apgd"):
             p = math.inf if options.get("norm", "linf") == "linf" else 2
             size = flat_norm(result.double() - x.to(result.device).double(), p)
             assert (size <= eps * (1 + 1e-5) + 1e-5).all()

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from robustkit.attacks.apgd import apgd
 from robustkit.attacks.binding import (ATTACKS, DISTANCE, AttackSpec, BoundAttack, bind,
                                        check_options, import_attack, spec)
 from robustkit.attacks.cw import cw_l2
@@ -28,7 +29,7 @@ from robustkit.attacks.mifgsm import diverse_inputs, mifgsm
 from robustkit.attacks.pgd import bim, pgd
 from robustkit.attacks.threat import THREATS, ThreatModel
 
-for _fn in (fgsm, bim, pgd, mifgsm, deepfool, cw_l2):
+for _fn in (fgsm, bim, pgd, apgd, mifgsm, deepfool, cw_l2):
     ATTACKS.register(_fn.__name__)(_fn)
 
 
@@ -37,6 +38,7 @@ def names() -> list[str]:
     return ATTACKS.names()
 
 
-__all__ = ["ATTACKS", "AttackSpec", "BoundAttack", "DISTANCE", "THREATS", "ThreatModel", "bim",
+__all__ = ["ATTACKS", "AttackSpec", "BoundAttack", "DISTANCE", "THREATS", "ThreatModel", "apgd",
+           "bim",
            "bind", "check_options", "cw_l2", "deepfool", "diverse_inputs", "fgsm",
            "import_attack", "mifgsm", "minimal_targeted", "names", "pgd", "spec"]

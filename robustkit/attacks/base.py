@@ -29,10 +29,13 @@ TOLERANCE = 1e-5
 
 _NONNEG = ("eps", "alpha", "c", "kappa", "lr", "overshoot", "decay", "diversity_scale",
            "max_eps")
-_FRACTION = ("diversity_prob",)
-_POSINT = ("steps", "restarts", "binary_search_steps", "search_steps", "candidates")
+_FRACTION = ("diversity_prob", "rho")
+_POSINT = ("steps", "restarts", "binary_search_steps", "search_steps", "candidates",
+           "target_classes")
 _BOOL = ("random_start", "targeted", "amp")
 _MAY_BE_NONE = ("alpha", "candidates", "seed")
+#: The losses an attack may ascend (see :func:`loss_values`).
+LOSSES = ("ce", "dlr", "margin")
 
 
 def check_value(key: str, value: Any, what: str) -> None:
@@ -53,6 +56,8 @@ def check_value(key: str, value: Any, what: str) -> None:
     if key == "norm" and value not in THREATS:
         raise RobustkitError(
             f"{what}: norm must be one of {', '.join(THREATS.names())}, got {value!r}")
+    if key == "loss" and value not in LOSSES:
+        raise RobustkitError(f"{what}: loss must be one of {', '.join(LOSSES)}, got {value!r}")
     if key == "seed" and not (number and isinstance(value, int)) \
             and not isinstance(value, ExampleSeeds):
         raise RobustkitError(f"{what}: seed must be an integer, got {value!r}")
@@ -101,18 +106,58 @@ def input_grad(model: nn.Module, x_adv: Tensor, y: Tensor, targeted: bool,
     Returns:
         ``(grad, logits)``: (N, C, H, W) and (N, K), both detached.
     """
+    if loss not in LOSSES:
+        raise RobustkitError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     x_adv = x_adv.detach().requires_grad_(True)
     logits = model(x_adv).float()  # (N, K); float32 loss also under mixed precision
-    if loss == "ce":
-        value = F.cross_entropy(logits, y, reduction="sum")
-    elif loss == "margin":
-        value = margin(logits, y).sum()
-    else:
-        raise RobustkitError(f"loss must be 'ce' or 'margin', got {loss!r}")
+    value = loss_values(logits, y, loss).sum()
     if targeted:
         value = -value
     (grad,) = torch.autograd.grad(value, x_adv)
     return grad, logits.detach()
+
+
+def loss_values(logits: Tensor, y: Tensor, loss: str) -> Tensor:
+    """Per-example attack loss (N,) of logits (N, K) at labels ``y`` (N,), to be ascended:
+    ``ce`` cross-entropy, ``margin`` (:func:`margin`), ``dlr`` (:func:`dlr`)."""
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss == "margin":
+        return margin(logits, y)
+    if loss == "dlr":
+        return dlr(logits, y)
+    raise RobustkitError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+
+
+def _check_classes(logits: Tensor, need: int, what: str) -> None:
+    if logits.shape[1] < need:
+        raise RobustkitError(f"{what} needs at least {need} classes, the model has "
+                             f"{logits.shape[1]}")
+
+
+def dlr(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference of logits ratio, per example (N,); > 0 means not ``y``.
+
+    Croce and Hein 2020, arXiv 2003.01690, eq. 3:
+    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``pi`` sorting the logits
+    (N, K) descending. Invariant to shifting and scaling the logits. Needs K >= 3.
+    """
+    _check_classes(logits, 3, "the DLR loss")
+    top = logits.sort(1, descending=True).values  # (N, K)
+    return margin(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted difference of logits ratio, per example (N,), ascended towards ``target``.
+
+    Croce and Hein 2020, arXiv 2003.01690, eq. 4:
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``. Needs K >= 4.
+    """
+    _check_classes(logits, 4, "the targeted DLR loss")
+    top = logits.sort(1, descending=True).values  # (N, K)
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
 
 
 def margin(logits: Tensor, y: Tensor) -> Tensor:
@@ -169,7 +214,7 @@ def generator(seed: int | ExampleSeeds | None) -> torch.Generator | ExampleSeeds
     return torch.Generator().manual_seed(int(seed))
 
 
-__all__ = ["TOLERANCE", "borrowed", "check_eps", "check_inputs", "check_labels",
-           "check_positive_int", "check_result", "check_value", "check_values", "fooled",
-           "generator", "input_grad", "margin", "model_device", "per_example", "prepare",
-           "threat_model"]
+__all__ = ["LOSSES", "TOLERANCE", "borrowed", "check_eps", "check_inputs", "check_labels",
+           "check_positive_int", "check_result", "check_value", "check_values", "dlr",
+           "dlr_targeted", "fooled", "generator", "input_grad", "loss_values", "margin",
+           "model_device", "per_example", "prepare", "threat_model"]

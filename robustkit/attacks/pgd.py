@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, check_result,
                                     check_values,
-                                    fooled, generator, input_grad, per_example, prepare,
+                                    fooled, generator, input_grad, loss_values, per_example,
+                                    prepare,
                                     threat_model)
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.attacks.threat import ThreatModel
@@ -93,8 +93,8 @@ def _iterate_masked(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *,
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
         steps: int = 40, norm: str = "linf", random_start: bool = True, restarts: int = 1,
         targeted: bool = False, seed: int | ExampleSeeds | None = None,
-        amp: bool = False) -> Tensor:
-    """Projected gradient descent on the cross-entropy loss, with random restarts.
+        amp: bool = False, loss: str = "ce") -> Tensor:
+    """Projected gradient descent on the cross-entropy (or DLR, margin) loss, with restarts.
 
     Madry, Makelov, Schmidt, Tsipras and Vladu 2017, "Towards Deep Learning Models
     Resistant to Adversarial Attacks", arXiv 1706.06083.
@@ -116,6 +116,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
         amp: run the forward and backward passes in mixed precision (float16 on CUDA,
             bfloat16 on the CPU); the iterates stay float32, and an evaluation judges the
             final images in float32.
+        loss: ``ce`` (cross-entropy), ``dlr`` (difference of logits ratio, Croce and Hein
+            2020, eq. 3, invariant to the logits' scale) or ``margin`` (best other logit
+            minus the true one). Targeted, the loss at the target ``y`` is descended.
 
     Returns:
         Adversarial images (N, C, H, W) inside the eps-ball and [0, 1].
@@ -125,7 +128,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
     """
     what = "pgd" if random_start is True else "bim"
     check_values(what, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
-                 restarts=restarts, targeted=targeted, seed=seed, amp=amp)
+                 restarts=restarts, targeted=targeted, seed=seed, amp=amp, loss=loss)
     eps = check_eps(eps, what)
     check_positive_int(steps, what, "steps")
     check_positive_int(restarts, what, "restarts")
@@ -140,29 +143,29 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
         for run in range(restarts):
             start = tm.random_start(x0, e, gen) if random_start else x0
             x_adv, _ = iterate(model, x0, y0, start, threat=tm, eps=e, alpha=a, steps=steps,
-                               targeted=targeted)
+                               targeted=targeted, loss=loss)
             if restarts == 1:
                 best = x_adv
                 break
             with torch.no_grad():
                 logits = model(x_adv).float()
             hit = fooled(logits, y0, targeted)
-            loss = F.cross_entropy(logits, y0, reduction="none") * (-1 if targeted else 1)
+            value = loss_values(logits, y0, loss) * (-1 if targeted else 1)
             if run == 0:
-                best, best_loss, best_hit = x_adv, loss, hit
+                best, best_loss, best_hit = x_adv, value, hit
                 continue
             # Take the new run where it fools and the old did not, or where neither
             # fools and it has the higher loss.
-            take = (hit & ~best_hit) | ((hit == best_hit) & ~best_hit & (loss > best_loss))
+            take = (hit & ~best_hit) | ((hit == best_hit) & ~best_hit & (value > best_loss))
             best = torch.where(take[:, None, None, None], x_adv, best)
-            best_loss = torch.where(take, loss, best_loss)
+            best_loss = torch.where(take, value, best_loss)
             best_hit = best_hit | hit
     return check_result(best, x0, eps=eps, norm=norm, what=what)
 
 
 def bim(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
-        steps: int = 10, norm: str = "linf", targeted: bool = False, amp: bool = False
-        ) -> Tensor:
+        steps: int = 10, norm: str = "linf", targeted: bool = False, amp: bool = False,
+        loss: str = "ce") -> Tensor:
     """Basic iterative method: PGD from the clean image, without random start.
 
     Kurakin, Goodfellow and Bengio 2016, "Adversarial Examples in the Physical World",
@@ -178,4 +181,4 @@ def bim(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
         >>> x_adv = bim(model, x, y, eps=0.1, steps=10)   # doctest: +SKIP
     """
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=False,
-               restarts=1, targeted=targeted, amp=amp)
+               restarts=1, targeted=targeted, amp=amp, loss=loss)

@@ -341,7 +341,7 @@ def add_attack_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None
     if checkpoint:
         add_model_args(p)
     p.add_argument("--attack", default="pgd",
-                   help="registered name (fgsm, bim, pgd, mifgsm, deepfool, cw_l2) or "
+                   help="registered name (fgsm, bim, pgd, mifgsm, apgd, deepfool, cw_l2) or "
                         "package.module:function (default pgd)")
     p.add_argument("--steps", type=positive_int, help="iterations (the attack's default if "
                                                       "omitted)")
