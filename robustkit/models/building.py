@@ -34,7 +34,7 @@ from torch import nn
 from robustkit.core import pick_device
 from robustkit.errors import RobustkitError
 from robustkit.models import foreign
-from robustkit.models.checkpoint import FORMAT, _weights_digest, torch_load
+from robustkit.models.checkpoint import FORMAT, _weights_digest, check_state_fits, torch_load
 from robustkit.models.normalize import Normalize
 from robustkit.models.wrap import Output, Wrapped
 from robustkit.models.zoo import check_spec, construct
@@ -246,27 +246,8 @@ def _fit(path: Path, spec: str, skeleton: nn.Module, state: dict[str, torch.Tens
         named = {key: state[k] for key, k in as_file.items()}
     prefixed = any(key != k for key, k in as_file.items())
     shown = {k: as_file.get(k, k.removeprefix("model.") if prefixed else k) for k in expected}
-    where = f"weights {path} do not fit the model {spec!r}"
-    for key, t in expected.items():
-        if key not in named:
-            if key in NORMALIZE_KEYS:
-                continue  # from mean and std
-            missing = [shown[k] for k in expected if k not in named and k not in NORMALIZE_KEYS]
-            raise RobustkitError(f"{where}: {shown[key]} is missing from the file"
-                                 + (f" ({len(missing)} weights missing in all)"
-                                    if len(missing) > 1 else ""))
-        stored = named[key]
-        if tuple(stored.shape) != tuple(t.shape):
-            raise RobustkitError(f"{where}: {shown[key]} is {tuple(stored.shape)} in the file "
-                                 f"but {tuple(t.shape)} in the model")
-        if stored.is_floating_point() != t.is_floating_point():
-            raise RobustkitError(f"{where}: {shown[key]} is {stored.dtype} in the file but "
-                                 f"{t.dtype} in the model")
-    extra = [k for k in named if k not in expected]
-    if extra:
-        raise RobustkitError(f"{where}: the file holds {as_file[extra[0]]}, which the model "
-                             f"has not"
-                             + (f" ({len(extra)} such weights)" if len(extra) > 1 else ""))
+    check_state_fits(expected, named, f"weights {path} do not fit the model {spec!r}",
+                     shown=shown, as_file=as_file, optional=NORMALIZE_KEYS)  # from mean, std
     for name, module in skeleton.named_modules():
         key = f"{name}.std" if name else "std"
         if isinstance(module, Normalize) and key in named and not (named[key] > 0).all():

@@ -327,21 +327,41 @@ def _check_fit(p: Path, name: str, skeleton: nn.Module, state: dict[str, torch.T
                ) -> None:
     """Every tensor of the model built from the description is in the file, with its
     shape and kind of dtype; the file holds no other."""
-    expected = skeleton.state_dict()
-    where = f"checkpoint {p}: weights do not fit the model {name!r} its options describe"
+    check_state_fits(skeleton.state_dict(), state,
+                     f"checkpoint {p}: weights do not fit the model {name!r} its options "
+                     f"describe")
+
+
+def check_state_fits(expected: Mapping[str, torch.Tensor], named: Mapping[str, torch.Tensor],
+                     where: str, *, shown: Mapping[str, str] | None = None,
+                     as_file: Mapping[str, str] | None = None,
+                     optional: Collection[str] = ()) -> None:
+    """Refuse weights ``named`` (the model's names -> tensors) that do not fit the model's
+    ``expected`` state dict: a missing tensor (unless ``optional``), another shape or kind
+    of dtype, or a tensor the model has not. ``shown`` and ``as_file`` give the names the
+    messages use (the file's own names, where they differ)."""
+    shown = shown or {k: k for k in expected}
+    as_file = as_file or {k: k for k in named}
     for key, t in expected.items():
-        if key not in state:
-            raise RobustkitError(f"{where}: {key} is missing from the file")
-        stored = state[key]
+        if key not in named:
+            if key in optional:
+                continue
+            missing = [shown[k] for k in expected if k not in named and k not in optional]
+            raise RobustkitError(f"{where}: {shown[key]} is missing from the file"
+                                 + (f" ({len(missing)} weights missing in all)"
+                                    if len(missing) > 1 else ""))
+        stored = named[key]
         if tuple(stored.shape) != tuple(t.shape):
-            raise RobustkitError(f"{where}: {key} is {tuple(stored.shape)} in the file but "
-                                 f"{tuple(t.shape)} in the model")
+            raise RobustkitError(f"{where}: {shown[key]} is {tuple(stored.shape)} in the file "
+                                 f"but {tuple(t.shape)} in the model")
         if stored.is_floating_point() != t.is_floating_point():
-            raise RobustkitError(f"{where}: {key} is {stored.dtype} in the file but "
+            raise RobustkitError(f"{where}: {shown[key]} is {stored.dtype} in the file but "
                                  f"{t.dtype} in the model")
-    extra = [k for k in state if k not in expected]
+    extra = [k for k in named if k not in expected]
     if extra:
-        raise RobustkitError(f"{where}: the file holds {extra[0]}, which the model has not")
+        raise RobustkitError(f"{where}: the file holds {as_file[extra[0]]}, which the model "
+                             f"has not"
+                             + (f" ({len(extra)} such weights)" if len(extra) > 1 else ""))
 
 
 def _check_values(p: Path, skeleton: nn.Module, state: dict[str, torch.Tensor]) -> None:
