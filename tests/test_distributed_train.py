@@ -66,22 +66,20 @@ def test_robustkit_train_under_torchrun_trains_one_model_with_ddp(tmp_path, subp
 
 
 SCRIPT = textwrap.dedent('''
-    """fit under DistributedDataParallel: uninterrupted, from a Dataset, then killed after
-    epoch 2 and resumed; each rank writes its weights' hashes and its histories."""
-    import hashlib, json, sys, warnings
+    """fit under DistributedDataParallel, in one of three modes (argv[2]):
+    whole: uninterrupted, from tensors and from a Dataset; die: rank 0 dies (os._exit, a
+    real process death) right after the epoch-2 snapshot is written; resume: goes on from
+    that snapshot. Each rank writes its weights' hashes and its history."""
+    import hashlib, json, os, sys, warnings
     import torch
     import torch.distributed as dist
     from torch.utils.data import Subset, TensorDataset
     from robustkit import data, models, snapshot
-    from robustkit.errors import RobustkitError
     from robustkit.train import fit
 
     SETTINGS = dict(epochs=3, batch_size=32, lr=0.01, augment="affine", amp=False, quiet=True,
                     seed=3, device="cpu",
                     adversarial={"method": "fgsm-rs", "eps": 0.1, "guard_size": 32})
-
-    class Killed(Exception):
-        pass
 
     def fresh():
         torch.manual_seed(0)
@@ -99,38 +97,35 @@ SCRIPT = textwrap.dedent('''
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    out = sys.argv[1]
+    out, mode = sys.argv[1], sys.argv[2]
+    rank = dist.get_rank()
     x, y = data.load_tensors("mnist-5k", "train", train_size=250, seed=0)  # odd batches
     xt, yt = data.load_tensors("mnist-5k", "test")
     train, test = (x, y), (xt[:101], yt[:101])
-
-    whole_model = fresh()
-    whole = fit(whole_model, train, test, **SETTINGS)
-    dataset_model = fresh()  # read item by item, in the same order as the tensors
-    fit(dataset_model, Subset(TensorDataset(x, y), range(len(y))), test, **SETTINGS)
-
-    real = snapshot.save
-    def save_then_die(path, state):
-        real(path, state)
-        if state["epoch"] == 2:
-            raise Killed
-    snapshot.save = save_then_die
-    try:
+    record = {}
+    if mode == "whole":
+        whole_model = fresh()
+        whole = fit(whole_model, train, test, **SETTINGS)
+        dataset_model = fresh()  # read item by item, in the same order as the tensors
+        fit(dataset_model, Subset(TensorDataset(x, y), range(len(y))), test, **SETTINGS)
+        record = {"whole": digest(whole_model), "dataset": digest(dataset_model),
+                  "history": epochs(whole), "processes": whole.processes,
+                  "held_out": whole.held_out}
+    elif mode == "die":
+        real = snapshot.save
+        def save_then_die(path, state):
+            real(path, state)
+            if state["epoch"] == 2:
+                os._exit(9)  # killed: no clean-up, no destructors
+        snapshot.save = save_then_die
         fit(fresh(), train, test, resume=f"{out}/m.resume", **SETTINGS)
         raise SystemExit("the run was not killed")
-    except (Killed, RobustkitError) as err:  # rank 0 its own error, rank 1 rank 0's word
-        killed = type(err).__name__
-    snapshot.save = real
-    resumed_model = fresh()
-    resumed = fit(resumed_model, train, test, resume=f"{out}/m.resume", **SETTINGS)
-
-    rank = dist.get_rank()
-    with open(f"{out}/rank{rank}.json", "w") as f:
-        json.dump({"whole": digest(whole_model), "resumed": digest(resumed_model),
-                   "dataset": digest(dataset_model),
-                   "history": epochs(whole), "resumed_history": epochs(resumed),
-                   "processes": whole.processes, "killed": killed,
-                   "held_out": whole.held_out}, f)
+    else:
+        resumed_model = fresh()
+        resumed = fit(resumed_model, train, test, resume=f"{out}/m.resume", **SETTINGS)
+        record = {"resumed": digest(resumed_model), "resumed_history": epochs(resumed)}
+    with open(f"{out}/{mode}{rank}.json", "w") as f:
+        json.dump(record, f)
     dist.destroy_process_group()
 ''')
 
@@ -139,17 +134,23 @@ def test_ddp_ranks_hold_the_same_weights_and_a_killed_run_resumes_bit_for_bit(tm
                                                                               subprocess_env):
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
-    _launch([*TORCHRUN, str(script), str(tmp_path)], subprocess_env)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["processes"] == 2 and ranks[0]["held_out"] == 32
-    assert [r["killed"] for r in ranks] == ["Killed", "RobustkitError"]
+    _launch([*TORCHRUN, str(script), str(tmp_path), "whole"], subprocess_env)
+    died = subprocess.run([*TORCHRUN, str(script), str(tmp_path), "die"],
+                          env={**subprocess_env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert died.returncode != 0  # rank 0 died after the epoch-2 snapshot; torchrun stopped
+    assert (tmp_path / "m.resume").exists()
+    _launch([*TORCHRUN, str(script), str(tmp_path), "resume"], subprocess_env)
+    whole = [json.loads((tmp_path / f"whole{r}.json").read_text()) for r in (0, 1)]
+    resumed = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in (0, 1)]
+    assert whole[0]["processes"] == 2 and whole[0]["held_out"] == 32
     # Every rank holds the same weights and the same history (from tensors or a Dataset) ...
-    assert ranks[0]["whole"] == ranks[1]["whole"] == ranks[0]["dataset"] == ranks[1]["dataset"]
-    assert ranks[0]["history"] == ranks[1]["history"]
+    assert whole[0]["whole"] == whole[1]["whole"] == whole[0]["dataset"] == whole[1]["dataset"]
+    assert whole[0]["history"] == whole[1]["history"]
     # ... and the resumed run ends bit for bit as the uninterrupted one, on every rank.
-    for r in ranks:
-        assert r["resumed"] == r["whole"]
-        assert r["resumed_history"] == r["history"]
-    history = ranks[0]["history"]
+    for w, r in zip(whole, resumed):
+        assert r["resumed"] == w["whole"]
+        assert r["resumed_history"] == w["history"]
+    history = whole[0]["history"]
     assert len(history) == 3 and all(e["guard_accuracy"] is not None for e in history)
     assert all(e["test_accuracy"] is not None for e in history)
