@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import functools
 import hashlib
 import itertools
@@ -536,6 +537,12 @@ def _train_epochs(run: TrainingRun, eval_every: int, quiet: bool) -> None:
         bar.close()
         run.model.eval()
         run.optimizer.zero_grad(set_to_none=True)
+        if run.ddp is not None:
+            # Destroy DDP's reducer now, while the process group lives: collected later (at
+            # exit, after destroy_process_group) it aborted the process now and then
+            # ("terminate called without an active exception").
+            run.ddp = None
+            gc.collect()
 
 
 def setup(model: nn.Module, train: Split, test: Split | None, cfg: TrainConfig,
