@@ -30,9 +30,12 @@ TINY = {
     "bim": {"eps": 0.1, "steps": 3},
     "pgd": {"eps": 0.1, "steps": 3, "restarts": 2, "seed": 0},
     "apgd": {"eps": 0.1, "steps": 3, "restarts": 2, "seed": 0},
+    "fab": {"eps": 0.1, "steps": 3, "restarts": 2, "target_classes": 2, "seed": 0},
     "mifgsm": {"eps": 0.1, "steps": 3, "diversity_prob": 0.5, "seed": 0},
     "deepfool": {"steps": 3},
     "cw_l2": {"steps": 4, "binary_search_steps": 2},
+    "square": {"eps": 0.1, "queries": 20, "seed": 0},
+    "hop_skip_jump": {"eps": 0.1, "queries": 30, "seed": 0},
 }
 #: minimal_targeted is no registered attack (it returns norms too) but keeps the same promises.
 MINIMAL = {"minimal_targeted_l2": {"norm": "l2", "steps": 4, "search_steps": 2},
@@ -137,7 +140,8 @@ def test_long_steps_end_on_the_sphere_when_the_box_does_not_bind(name, norm, eps
     # 2 eps (FGSM: eps from the centre) leaves the ball from anywhere inside it, so the
     # projection puts the result on the sphere: every pixel with a non-zero gradient at
     # +-eps (Linf), or the whole perturbation at L2 norm eps.
-    if name == "apgd":  # halves its step and keeps its best iterate: no last long step
+    if name in ("apgd", "fab", "square", "hop_skip_jump"):  # no last long step (fab: minimal
+        # perturbations; square, hop_skip_jump: black-box, clean image when fooled already)
         return
     g = torch.Generator().manual_seed(seed)
     x = 0.3 + 0.4 * torch.rand(2, 1, 28, 28, generator=g)

@@ -30,8 +30,8 @@ from robustkit.attacks.threat import flat_norm
 from robustkit.errors import RobustkitError
 
 SHAPE = (1, 6, 6)
-ENTRY_POINTS = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "deepfool", "cw_l2",
-                "minimal_targeted", "robust_accuracy"]
+ENTRY_POINTS = ["fgsm", "bim", "pgd", "mifgsm", "apgd", "fab", "deepfool", "cw_l2",
+                "minimal_targeted", "robust_accuracy", "square", "hop_skip_jump"]
 FUNCTIONS = {**{n: attacks.ATTACKS.get(n) for n in attacks.names()},
              "minimal_targeted": attacks.minimal_targeted}
 
@@ -48,11 +48,16 @@ VALID = {
     "binary_search_steps": st.integers(1, 2), "search_steps": st.integers(1, 2),
     "max_eps": st.floats(0.01, 1),
     "loss": st.sampled_from(["ce", "dlr", "margin"]), "rho": st.floats(0, 1),
+    "eot": st.integers(1, 2),
+    "alpha_max": st.floats(0, 1), "eta": st.floats(1, 2), "beta": st.floats(0.01, 0.99),
+    "queries": st.integers(1, 30), "p_init": st.floats(0.01, 1), "gamma": st.floats(0.1, 10),
+    "init_evals": st.integers(1, 20), "max_evals": st.integers(1, 40),
 }
 BROKEN = st.sampled_from([-1, -0.5, 0, float("nan"), float("inf"), "x", None, True, [1],
                           2.5, 10**6 + 0.5])
-LIMITS = {"steps": {"cw_l2": (2, 4), "minimal_targeted": (2, 4), "apgd": (1, 4)},
-          "target_classes": {"apgd": (1, 2)}}
+LIMITS = {"steps": {"cw_l2": (2, 4), "minimal_targeted": (2, 4), "apgd": (1, 4),
+                    "fab": (1, 4)},
+          "target_classes": {"apgd": (1, 2), "fab": (1, 2)}}
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +104,14 @@ def calls(draw, name: str):
         lo_hi = LIMITS.get(key, {}).get(name)
         valid = st.integers(*lo_hi) if lo_hi else VALID.get(key, BROKEN)
         options[key] = draw(st.one_of(valid, valid, BROKEN))
-    if name == "apgd":
+    if name in ("apgd", "fab"):
         options.setdefault("steps", draw(st.integers(1, 4)))
-    if name in ("fgsm", "bim", "pgd", "mifgsm", "apgd") and "eps" not in options:
+    if name == "fab":  # the fuzzed model has 3 classes: at most 2 targets
+        options.setdefault("target_classes", draw(st.integers(1, 2)))
+    if name in ("square", "hop_skip_jump"):  # small budgets: every call stays quick
+        options.setdefault("queries", draw(st.integers(1, 30)))
+    if name in ("fgsm", "bim", "pgd", "mifgsm", "apgd", "fab", "square", "hop_skip_jump") \
+            and "eps" not in options:
         options["eps"] = draw(st.floats(0, 0.5))
     if name == "minimal_targeted":
         options.setdefault("steps", draw(st.integers(2, 4)))
@@ -157,7 +167,7 @@ def test_fuzzed_calls_are_refused_or_sound(name, model):
         assert torch.isfinite(result).all()
         assert result.min() >= 0 and result.max() <= 1
         eps = options.get("eps")
-        if name in ("fgsm", "bim", "pgd", "mifgsm", "apgd"):
+        if name in ("fgsm", "bim", "pgd", "mifgsm", "apgd", "fab", "square", "hop_skip_jump"):
             p = math.inf if options.get("norm", "linf") == "linf" else 2
             size = flat_norm(result.double() - x.to(result.device).double(), p)
             assert (size <= eps * (1 + 1e-5) + 1e-5).all()

@@ -23,13 +23,16 @@ from robustkit.attacks.binding import (ATTACKS, DISTANCE, AttackSpec, BoundAttac
                                        check_options, import_attack, spec)
 from robustkit.attacks.cw import cw_l2
 from robustkit.attacks.deepfool import deepfool
+from robustkit.attacks.fab import fab
 from robustkit.attacks.fgsm import fgsm
+from robustkit.attacks.hop_skip_jump import hop_skip_jump
 from robustkit.attacks.minimal import minimal_targeted
 from robustkit.attacks.mifgsm import diverse_inputs, mifgsm
 from robustkit.attacks.pgd import bim, pgd
+from robustkit.attacks.square import square
 from robustkit.attacks.threat import THREATS, ThreatModel
 
-for _fn in (fgsm, bim, pgd, apgd, mifgsm, deepfool, cw_l2):
+for _fn in (fgsm, bim, pgd, apgd, fab, mifgsm, deepfool, cw_l2, square, hop_skip_jump):
     ATTACKS.register(_fn.__name__)(_fn)
 
 
@@ -40,5 +43,6 @@ def names() -> list[str]:
 
 __all__ = ["ATTACKS", "AttackSpec", "BoundAttack", "DISTANCE", "THREATS", "ThreatModel", "apgd",
            "bim",
-           "bind", "check_options", "cw_l2", "deepfool", "diverse_inputs", "fgsm",
-           "import_attack", "mifgsm", "minimal_targeted", "names", "pgd", "spec"]
+           "bind", "check_options", "cw_l2", "deepfool", "diverse_inputs", "fab", "fgsm",
+           "hop_skip_jump", "import_attack", "mifgsm", "minimal_targeted", "names", "pgd", "spec",
+           "square"]

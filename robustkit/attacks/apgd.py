@@ -17,6 +17,7 @@ from robustkit.attacks.base import (borrowed, check_eps, check_result,
                                     check_values, dlr, dlr_targeted, fooled, generator,
                                     per_example, prepare, threat_model)
 from robustkit.attacks.threat import ThreatModel
+from robustkit.core.cost import charge
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
 
@@ -47,63 +48,98 @@ def _losses(logits: Tensor, y: Tensor, target: Tensor | None, loss: str) -> Tens
 
 
 def _loss_grad(model: nn.Module, x_adv: Tensor, y: Tensor, target: Tensor | None,
-               loss: str) -> tuple[Tensor, Tensor, Tensor]:
+               loss: str, eot: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss (N,), grad (N, C, H, W), logits (N, K))`` at ``x_adv``, all detached; the
-    gradient is taken with respect to the input only (the parameters' .grad is untouched)."""
+    gradient is taken with respect to the input only (the parameters' .grad is untouched).
+    With ``eot`` > 1, loss, gradient and logits are averaged over that many forward and
+    backward passes (expectation over transformation, for randomized models)."""
     x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv).float()  # float32 loss also under mixed precision
-    value = _losses(logits, y, target, loss)
-    (grad,) = torch.autograd.grad(value.sum(), x_adv)
-    return value.detach(), grad, logits.detach()
+    parts = []
+    for _ in range(eot):
+        logits = model(x_adv).float()  # float32 loss also under mixed precision
+        value = _losses(logits, y, target, loss)
+        (grad,) = torch.autograd.grad(value.sum(), x_adv)
+        parts.append((value.detach(), grad, logits.detach()))
+    if eot == 1:
+        return parts[0]
+    value, grad, logits = (torch.stack(t).mean(0) for t in zip(*parts, strict=True))
+    return value, grad, logits
 
 
 def _run(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, start: Tensor, *,
-         threat: ThreatModel, eps: Tensor, steps: int, loss: str, rho: float
-         ) -> tuple[Tensor, Tensor, Tensor]:
+         threat: ThreatModel, eps: Tensor, steps: int, loss: str, rho: float,
+         bill: tuple[int, Tensor], eot: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """One APGD run (Algorithm 1) from ``start``; all tensors are one subset of the batch.
 
-    Returns ``(x_out, hit, best_loss)``: per example its last fooling iterate if any fooled
+    An example leaves the run at its first fooling iterate (the algorithm's state of the
+    others does not depend on it, so only the cost changes).
+
+    Returns ``(x_out, hit, best_loss)``: per example its first fooling iterate if one fooled
     the model, else its highest-loss iterate; whether it was fooled (N,); the best loss (N,).
+    ``bill`` is ``(n, rows)``: the attack's batch size and these examples' rows in it, for
+    :func:`robustkit.core.cost.charge` (each pass of an example costs ``eot`` passes).
     """
     view = (-1,) + (1,) * (x.ndim - 1)
     marks = set(checkpoints(steps))
-    step = 2 * eps.expand(len(x), *eps.shape[1:]).clone()  # (N, 1, 1, 1); eta^(0) = 2 eps
-    value, grad, logits = _loss_grad(model, start, y, target, loss)
-    x_adv, x_prev = start, start
-    x_best, g_best, best = start, grad, value.clone()
+    n = len(x)
+    value, grad, logits = _loss_grad(model, start, y, target, loss, eot)
+    charge(bill[0], rows=bill[1], forward=eot, backward=eot)
+    x_out, best_out = start.clone(), value.clone()
     hit = fooled(logits, y, False)
-    x_out = torch.where(hit.view(view), start, x_best)
-    successes = torch.zeros(len(x), device=x.device)  # increases since the last checkpoint
+    # The examples still running and their state, all indexed alike (A, ...).
+    act = torch.arange(n, device=x.device)
+    s: dict[str, Tensor] = {
+        "x": x, "y": y, "eps": eps.expand(n, *eps.shape[1:]),
+        "step": 2 * eps.expand(n, *eps.shape[1:]).clone(),  # (A, 1, 1, 1); eta^(0) = 2 eps
+        "x_adv": start, "x_prev": start, "x_best": start, "g_best": grad, "grad": grad,
+        "best": value.clone(), "value": value,
+        "successes": torch.zeros(n, device=x.device),  # increases since the last checkpoint
+        "best_at_mark": value.clone(), "halved_at_mark": torch.zeros_like(hit),
+        **({"target": target} if target is not None else {})}
+
+    def keep(mask: Tensor) -> None:
+        nonlocal act
+        act = act[mask]
+        for key in s:
+            s[key] = s[key][mask]
+
+    keep(~hit)
     since = 0  # iterations since the last checkpoint
-    best_at_mark, halved_at_mark = best.clone(), torch.zeros_like(hit)
     for k in range(steps):
-        z = threat.project(threat.step(x_adv, grad, step), x, eps)
+        if len(act) == 0:
+            break
+        z = threat.project(threat.step(s["x_adv"], s["grad"], s["step"]), s["x"], s["eps"])
         a = MOMENTUM if k > 0 else 1.0  # no momentum on the first step
-        moved = threat.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x, eps)
-        x_prev, x_adv = x_adv, moved
-        new, grad, logits = _loss_grad(model, x_adv, y, target, loss)
-        successes += (new > value).float()
-        value = new
-        now = fooled(logits, y, False)
-        hit |= now
-        x_out = torch.where(now.view(view), x_adv, x_out)
-        up = new > best
-        x_best = torch.where(up.view(view), x_adv, x_best)
-        g_best = torch.where(up.view(view), grad, g_best)
-        best = torch.where(up, new, best)
+        moved = threat.project(s["x_adv"] + a * (z - s["x_adv"])
+                               + (1 - a) * (s["x_adv"] - s["x_prev"]), s["x"], s["eps"])
+        s["x_prev"], s["x_adv"] = s["x_adv"], moved
+        new, s["grad"], logits = _loss_grad(model, moved, s["y"], s.get("target"), loss, eot)
+        charge(bill[0], rows=bill[1][act.to(bill[1].device)], forward=eot, backward=eot)
+        s["successes"] += (new > s["value"]).float()
+        s["value"] = new
+        up = new > s["best"]
+        s["x_best"] = torch.where(up.view(view), moved, s["x_best"])
+        s["g_best"] = torch.where(up.view(view), s["grad"], s["g_best"])
+        s["best"] = torch.where(up, new, s["best"])
         since += 1
         if k + 1 in marks:
             # Condition 1: too few increasing steps; condition 2: the step size was not
             # halved at the last checkpoint and the best loss did not improve since.
-            halve = (successes < rho * since) | (~halved_at_mark & (best <= best_at_mark))
-            step = torch.where(halve.view(view), step / 2, step)
-            x_adv = torch.where(halve.view(view), x_best, x_adv)  # restart from the best point
-            grad = torch.where(halve.view(view), g_best, grad)
-            halved_at_mark, best_at_mark = halve, best.clone()
-            successes.zero_()
+            halve = ((s["successes"] < rho * since)
+                     | (~s["halved_at_mark"] & (s["best"] <= s["best_at_mark"])))
+            s["step"] = torch.where(halve.view(view), s["step"] / 2, s["step"])
+            s["x_adv"] = torch.where(halve.view(view), s["x_best"], s["x_adv"])
+            s["grad"] = torch.where(halve.view(view), s["g_best"], s["grad"])
+            s["halved_at_mark"], s["best_at_mark"] = halve, s["best"].clone()
+            s["successes"] = torch.zeros_like(s["successes"])
             since = 0
-    x_out = torch.where(hit.view(view), x_out, x_best)
-    return x_out, hit, best
+        now = fooled(logits, s["y"], False)
+        if now.any():
+            done = act[now]
+            x_out[done], hit[done], best_out[done] = moved[now], True, s["best"][now]
+            keep(~now)
+    x_out[act], best_out[act] = s["x_best"], s["best"]
+    return x_out, hit, best_out
 
 
 def _check(what: str, *, eps: float, loss: str, **options: Any) -> float:
@@ -116,8 +152,8 @@ def _check(what: str, *, eps: float, loss: str, **options: Any) -> float:
 
 def apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf",
          steps: int = 100, loss: str = "ce", targeted: bool = False, target_classes: int = 9,
-         restarts: int = 1, rho: float = 0.75, seed: int | ExampleSeeds | None = None,
-         amp: bool = False) -> Tensor:
+         restarts: int = 1, rho: float = 0.75, eot: int = 1,
+         seed: int | ExampleSeeds | None = None, amp: bool = False) -> Tensor:
     """Auto-PGD (APGD-CE, APGD-DLR and the targeted APGD-T), untargeted in every case:
     success is a prediction other than ``y``.
 
@@ -145,6 +181,9 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "lin
         target_classes: how many targets (1 to K - 1) when ``targeted``.
         restarts: runs per target from independent random starts.
         rho: the fraction of increasing steps below which the step size is halved, in [0, 1].
+        eot: forward and backward passes averaged per step (expectation over
+            transformation: Athalye, Carlini and Wagner 2018, arXiv 1802.00420), for models
+            whose forward pass is random; AutoAttack's ``rand`` version uses 20.
         seed: seeds the random starts (None: the global RNG; an :class:`ExampleSeeds`:
             each example from its own stream).
         amp: forward and backward passes in mixed precision; iterates stay float32.
@@ -156,9 +195,11 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "lin
         >>> x_adv = apgd(model, x, y, eps=0.3, loss="dlr", seed=0)             # doctest: +SKIP
         >>> x_adv = apgd(model, x, y, eps=0.3, loss="dlr", targeted=True)      # doctest: +SKIP
     """
+    # long function: the docstring documents every option; the loop is short.
     what = "apgd"
     eps = _check(what, eps=eps, norm=norm, steps=steps, loss=loss, targeted=targeted,
-                 target_classes=target_classes, restarts=restarts, rho=rho, seed=seed, amp=amp)
+                 target_classes=target_classes, restarts=restarts, rho=rho, eot=eot, seed=seed,
+                 amp=amp)
     tm = threat_model(norm, what)
     x0, y0 = prepare(model, x, y, what)
     gen = generator(seed)
@@ -167,6 +208,7 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "lin
     with borrowed(model, what, fast_layout=True, amp=amp):
         with torch.no_grad():
             clean = model(x0).float()  # (N, K)
+        charge(len(x0), forward=1)
         if targeted and target_classes > clean.shape[1] - 1:
             raise RobustkitError(f"{what}: target_classes must be at most {clean.shape[1] - 1} "
                                  f"(the other classes), got {target_classes}")
@@ -185,7 +227,8 @@ def apgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "lin
                     break
                 target = ranked[idx, t] if targeted else None
                 out, hit, value = _run(model, x0[idx], y0[idx], target, start[idx], threat=tm,
-                                       eps=e[idx], steps=steps, loss=loss, rho=rho)
+                                       eps=e[idx], steps=steps, loss=loss, rho=rho,
+                                       bill=(len(x0), idx), eot=eot)
                 take = hit | (value > best_loss[idx])
                 best[idx] = torch.where(take.view(view), out, best[idx])
                 best_loss[idx] = torch.where(take, value, best_loss[idx])

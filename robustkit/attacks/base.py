@@ -31,7 +31,7 @@ _NONNEG = ("eps", "alpha", "c", "kappa", "lr", "overshoot", "decay", "diversity_
            "max_eps")
 _FRACTION = ("diversity_prob", "rho")
 _POSINT = ("steps", "restarts", "binary_search_steps", "search_steps", "candidates",
-           "target_classes")
+           "target_classes", "eot")
 _BOOL = ("random_start", "targeted", "amp")
 _MAY_BE_NONE = ("alpha", "candidates", "seed")
 #: The losses an attack may ascend (see :func:`loss_values`).
@@ -76,23 +76,29 @@ def threat_model(norm: str, what: str = "attack") -> ThreatModel:
     return THREATS.get(norm)
 
 
-def prepare(model: nn.Module, x: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
+def prepare(model: nn.Module, x: Tensor, y: Tensor, what: str, probe: bool = True
+            ) -> tuple[Tensor, Tensor]:
     """Check inputs and the model's contract, move the inputs to the model's device and
     dtype, and check labels against the logits.
+
+    With ``probe=False`` the model is not run (black-box attacks, whose every forward pass
+    is a counted query, check their first query's outputs with
+    :func:`robustkit.core.lending.check_outputs` and the labels with ``check_labels``).
 
     Returns detached copies on the model's device (the caller's tensors are never written),
     the images in channels-last memory format and in the model's floating dtype.
     """
     check_inputs(x, y, what=what)
     dev = model_device(model, x)
-    k = model_contract(model, x, what)
+    k = model_contract(model, x, what) if probe else None
     # Channels-last images let oneDNN pick its faster convolution kernels (1.1x on a
     # plain NCHW model here); values and shape are unchanged. Images of another floating
     # dtype take the model's (float64 images on a float32 model would otherwise fail).
     x0 = x.detach().to(dev, dtype=model_dtype(model) or x.dtype, copy=True
                        ).contiguous(memory_format=torch.channels_last)
     y0 = y.detach().to(dev, copy=True).long()
-    check_labels(y0, k, what)
+    if k is not None:
+        check_labels(y0, k, what)
     return x0, y0
 
 

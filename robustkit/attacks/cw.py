@@ -11,6 +11,7 @@ from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, che
                                     check_values,
                                     margin, prepare)
 from robustkit.errors import RobustkitError
+from robustkit.core.cost import charge
 
 Tensor = torch.Tensor
 
@@ -101,6 +102,7 @@ def _cw_search(model: nn.Module, x: Tensor, y: Tensor, *, c: float, kappa: float
                 loss = (l2sq + const * f).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward(inputs=[delta])
+                charge(n, forward=1, backward=1)
                 opt.step()
                 with torch.no_grad():
                     delta.copy_((x0 + delta).clamp_(0, 1) - x0)  # back into the box

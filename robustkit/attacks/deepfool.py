@@ -9,6 +9,7 @@ from robustkit.attacks.base import (borrowed, check_eps, check_result,
                                     check_values,
                                     prepare)
 from robustkit.attacks.threat import flat_norm
+from robustkit.core.cost import charge
 
 Tensor = torch.Tensor
 
@@ -45,9 +46,10 @@ def deepfool(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 50,
     n = len(x0)
     with borrowed(model, "deepfool", fast_layout=True):
         with torch.no_grad():
-            k_all = model(x0[:1]).shape[1]
-            k = k_all if candidates is None else max(2, min(int(candidates), k_all))
             start_logits = model(x0)
+            k_all = start_logits.shape[1]
+            k = k_all if candidates is None else max(2, min(int(candidates), k_all))
+        charge(n, forward=1)
         # Candidate classes per example: the true label first, then the top other logits.
         others = start_logits.scatter(1, y0[:, None], float("-inf")).topk(k - 1, dim=1).indices
         classes = torch.cat([y0[:, None], others], dim=1)  # (N, k)
@@ -57,6 +59,7 @@ def deepfool(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 50,
         for _ in range(steps):
             xa = x_adv[active].detach().requires_grad_(True)
             logits = model(xa)  # (A, K)
+            charge(n, rows=active, forward=1)
             ca = classes[active]  # (A, k)
             still = logits.argmax(1) == ca[:, 0]
             if not still.all():
@@ -65,10 +68,12 @@ def deepfool(model: nn.Module, x: Tensor, y: Tensor, *, steps: int = 50,
                     break
                 xa = xa.detach().requires_grad_(True)
                 logits = model(xa)
+                charge(n, rows=active, forward=1)
             picked = logits.gather(1, ca)  # (A, k): true class first
             grads = [torch.autograd.grad(picked[:, j].sum(), xa, retain_graph=j < k - 1)[0]
                      for j in range(k)]
             g = torch.stack(grads, 1)  # (A, k, C, H, W)
+            charge(n, rows=active, backward=k)  # one input gradient per candidate class
             w = g[:, 1:] - g[:, :1]  # (A, k-1, C, H, W)
             f = (picked[:, 1:] - picked[:, :1]).detach()  # (A, k-1), < 0 while unbroken
             w_norm = flat_norm(w.flatten(0, 1), 2).view(len(active), k - 1).clamp_min(1e-8)

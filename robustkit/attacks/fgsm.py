@@ -8,6 +8,7 @@ from torch import nn
 from robustkit.attacks.base import (borrowed, check_eps, check_result, check_values, input_grad,
                                     per_example, prepare)
 from robustkit.attacks.threat import THREATS
+from robustkit.core.cost import charge
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
@@ -39,6 +40,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     tm = THREATS.get("linf")
     with borrowed(model, "fgsm", fast_layout=True, amp=amp):
         grad, _ = input_grad(model, x0, y0, targeted)
+        charge(len(x0), forward=1, backward=1)
         e = per_example(eps, len(x0), x0)
         x_adv = tm.project(tm.step(x0, grad, e), x0, e)
     return check_result(x_adv, x0, eps=eps, norm="linf", what="fgsm")

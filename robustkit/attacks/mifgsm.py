@@ -11,6 +11,7 @@ from robustkit.attacks.base import (borrowed, check_eps, check_result,
                                     generator, per_example, prepare)
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.attacks.threat import THREATS, flat_norm
+from robustkit.core.cost import charge
 
 Tensor = torch.Tensor
 
@@ -94,6 +95,7 @@ def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float |
             logits = model(diverse_inputs(x_var, diversity_prob, diversity_scale, gen))
             loss = sign * F.cross_entropy(logits, y0, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_var)
+            charge(len(x0), forward=1, backward=1)
             l1 = flat_norm(grad, 1).clamp_min(1e-12).view(-1, 1, 1, 1)
             momentum = decay * momentum + grad / l1
             x_adv = tm.project(tm.step(x_adv, momentum, a), x0, e)

@@ -10,8 +10,9 @@ from robustkit.attacks.base import (borrowed, check_eps, check_positive_int, che
                                     fooled, generator, input_grad, loss_values, per_example,
                                     prepare,
                                     threat_model)
-from robustkit.core.seeding import ExampleSeeds
 from robustkit.attacks.threat import ThreatModel
+from robustkit.core.cost import charge
+from robustkit.core.seeding import ExampleSeeds
 
 Tensor = torch.Tensor
 
@@ -39,6 +40,7 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
             spent += steps
         for _ in range(steps):
             grad, _ = input_grad(model, x_adv, y, targeted, loss)
+            charge(len(x), forward=1, backward=1)
             x_adv = threat.project(threat.step(x_adv, grad, alpha), x, eps)
         return x_adv, None
 
@@ -51,6 +53,7 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
     xa, xc, ya, ea, aa = x_adv, x, y, eps, alpha
     for _ in range(steps):
         grad, logits = input_grad(model, xa, ya, targeted, loss)
+        charge(len(x), rows=active, forward=1, backward=1)
         if spent is not None:
             spent[active] += 1
         hit = fooled(logits, ya, targeted)  # judged at the current iterate, before stepping
@@ -65,6 +68,7 @@ def iterate(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *, threat: 
     x_adv[active] = xa
     with torch.no_grad():
         success[active] = fooled(model(xa), ya, targeted)
+    charge(len(x), rows=active, forward=1)
     return x_adv, success
 
 
@@ -80,6 +84,7 @@ def _iterate_masked(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *,
     success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(steps):
         grad, logits = input_grad(model, x_adv, y, targeted, loss)
+        charge(len(x), forward=1, backward=1)  # every row runs, frozen or not
         if spent is not None:
             spent += (~success).long()
         success |= fooled(logits, y, targeted)  # judged at the current iterate
@@ -87,6 +92,7 @@ def _iterate_masked(model: nn.Module, x: Tensor, y: Tensor, x_start: Tensor, *,
         x_adv = torch.where(success.view(-1, *([1] * (x.ndim - 1))), x_adv, moved)
     with torch.no_grad():
         success |= fooled(model(x_adv).float(), y, targeted)
+    charge(len(x), forward=1)
     return x_adv, success
 
 
@@ -149,6 +155,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | No
                 break
             with torch.no_grad():
                 logits = model(x_adv).float()
+            charge(len(x0), forward=1)
             hit = fooled(logits, y0, targeted)
             value = loss_values(logits, y0, loss) * (-1 if targeted else 1)
             if run == 0:

@@ -141,6 +141,14 @@ def model_contract(model: nn.Module, x: Tensor, what: str) -> int:
             raise RobustkitError(
                 f"{what}: the model cannot run on images of shape {tuple(x.shape[1:])}: "
                 f"{first}") from None
+    return check_outputs(out, what).shape[1]
+
+
+def check_outputs(out: Any, what: str) -> Tensor:
+    """What attacks assume of a model's outputs ``out`` (N, K): a tensor of finite logits
+    with K >= 2; probabilities get a warning. Returns the logits. Black-box attacks call it
+    on their first query instead of probing the model (:func:`model_contract`), so that
+    every forward pass they make is a counted query."""
     logits = as_logits(out, what)
     check_finite_logits(logits, what)
     if logits.shape[1] < 2:
@@ -153,8 +161,8 @@ def model_contract(model: nn.Module, x: Tensor, what: str) -> int:
             f"{what}: the model's outputs look like probabilities (non-negative, rows sum "
             f"to 1); attacks and their distances assume logits, so remove the final softmax "
             f"(robust accuracy and DeepFool/C&W sizes are unreliable on probabilities)",
-            stacklevel=3)
-    return int(logits.shape[1])
+            stacklevel=4)
+    return logits
 
 
 @torch.no_grad()
