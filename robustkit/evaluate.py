@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,42 +26,10 @@ from robustkit.core.resume import BlockStore
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.core.stream import Data, as_tensors, batches, size
 from robustkit.errors import RobustkitError
-from robustkit.outcomes import Outcomes, as_data, outcomes
+from robustkit.autoattack import AutoAttackResult, autoattack  # noqa: F401 (evaluate.autoattack)
+from robustkit.outcomes import Accuracy, Outcomes, as_data, outcomes, warn_if_near_chance
 
 Tensor = torch.Tensor
-
-
-class Accuracy(float):
-    """A robust accuracy (a float in [0, 1]) with what it must be read beside.
-
-    Attributes:
-        clean_accuracy: the model's accuracy on the clean images, on the same examples.
-        n: the number of examples.
-    """
-
-    clean_accuracy: float
-    n: int
-
-    def __new__(cls, value: float, clean_accuracy: float, n: int) -> Accuracy:
-        out = super().__new__(cls, value)
-        out.clean_accuracy = clean_accuracy
-        out.n = n
-        return out
-
-    def __repr__(self) -> str:
-        return f"{float(self)!r} (clean {self.clean_accuracy!r}, n={self.n})"
-
-
-def warn_if_near_chance(clean_accuracy: float, num_classes: int, n: int, what: str) -> None:
-    """Warn when clean accuracy is near chance: the usual sign of a forgotten normalization
-    (a model trained on normalized images, fed [0, 1] images) or of wrong labels."""
-    chance = 1.0 / num_classes
-    if n >= 20 and clean_accuracy <= 1.5 * chance:
-        warnings.warn(
-            f"{what}: clean accuracy {clean_accuracy:.3f} on {n} examples is near chance "
-            f"({chance:.3f} for {num_classes} classes): is the model's normalization inside "
-            f"it (robustkit.models.wrap(model, mean=..., std=...))? Robust accuracy means "
-            f"little here", stacklevel=3)
 
 
 def _bound(model: nn.Module, attack: Any, options: dict[str, Any], what: str,
@@ -391,11 +358,16 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
           both almost equally (PGD 92% vs noise 97%) without masking anything.
         - ``beats_transfer``: with ``transfer_from``, white-box PGD accuracy <= accuracy on
           PGD examples crafted on that model (skipped without one).
+        - ``pgd_matches_apgd_dlr``: PGD on cross-entropy is at most 2 points above APGD on
+          the DLR loss (Croce and Hein 2020, 100 steps), which is invariant to the logits'
+          scale: a larger gap means PGD's number overstates robustness (saturated softmax,
+          masked gradients) and AutoAttack (:func:`autoattack`) should give it.
 
     Returns:
         ``{"passed": bool, "checks": [{"name", "passed", "detail", ...numbers}]}``;
         ``passed`` is True when every check that ran passed.
     """
+    # long function: the docstring states every check; the body runs them in order.
     data = as_data(x, y, "validity_checks")
     eps = check_eps(eps, "validity_checks")
     threat_model(norm, "validity_checks")  # refuse an unknown norm before any work
@@ -412,7 +384,7 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
         return outcomes(data, {"model": model}, bound, batch_size=batch_size,
                         what="validity_checks", resume=_scope(resume, part))
 
-    bar = tqdm(total=6, disable=not progress, desc="validity checks", leave=False)
+    bar = tqdm(total=7, disable=not progress, desc="validity checks", leave=False)
     try:
         pgd = run("pgd", "pgd", steps=steps, **pgd_kw)
         correct, pgd_ok = pgd.clean["model"], pgd.robust("model")  # (N,) each
@@ -425,6 +397,9 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
                                  resume=_scope(resume, "curve"))
         curve_acc = [r["accuracy"] for r in curve]  # sorted by eps, like grid
         noise_ok = run("noise", _noise(model, eps, norm, seed)).robust("model")  # (N,)
+        # DLR needs 3 classes; with 2 the check is skipped.
+        apgd_dlr = (_mean(run("apgd-dlr", "apgd", loss="dlr", steps=100, **pgd_kw))
+                    if _num_classes(model, pgd) >= 3 else None)
         transfer_acc = None
         if transfer_from is not None:
             tr = run("transfer", "pgd", source=transfer_from, steps=steps, **pgd_kw)
@@ -437,7 +412,7 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
     checks = _verdicts(pgd_acc=pgd_acc, single=_mean(single), pgd_double=_mean(pgd_double),
                        grid=grid, curve_acc=curve_acc, large_eps=large_eps, pgd_ok=pgd_ok,
                        noise_ok=noise_ok, transfer_acc=transfer_acc, steps=steps,
-                       noise=f"random {norm} noise of size {eps:g}")
+                       noise=f"random {norm} noise of size {eps:g}", apgd_dlr=apgd_dlr)
     ran = [c["passed"] for c in checks if c["passed"] is not None]
     return {"passed": all(ran), "clean_accuracy": float(correct.float().mean()), "eps": eps,
             "norm": norm, "checks": checks}
@@ -445,7 +420,8 @@ def validity_checks(model: nn.Module, x: Tensor | Data, y: Tensor | None = None,
 
 def _verdicts(*, pgd_acc: float, single: float, pgd_double: float, grid: list[float],
               curve_acc: list[float], large_eps: float, pgd_ok: Tensor, noise_ok: Tensor,
-              transfer_acc: float | None, steps: int, noise: str) -> list[dict[str, Any]]:
+              transfer_acc: float | None, steps: int, noise: str, apgd_dlr: float | None
+              ) -> list[dict[str, Any]]:
     """The checks of :func:`validity_checks`, each with its numbers, from the measurements."""
     large_acc = curve_acc[grid.index(large_eps)]
     checks = [
@@ -464,6 +440,13 @@ def _verdicts(*, pgd_acc: float, single: float, pgd_double: float, grid: list[fl
          "eps": large_eps, "accuracy": large_acc,
          "detail": f"accuracy {large_acc:.3f} at eps {large_eps:g}"},
         _beats_random_noise(pgd_ok, noise_ok, noise),
+        {"name": "pgd_matches_apgd_dlr", "passed": None,
+         "detail": "skipped: the DLR loss needs at least 3 classes"} if apgd_dlr is None else
+        {"name": "pgd_matches_apgd_dlr", "passed": pgd_acc - apgd_dlr <= 0.02,
+         "pgd": pgd_acc, "apgd_dlr": apgd_dlr,
+         "detail": f"PGD-{steps} (cross-entropy) {pgd_acc:.3f} vs APGD-DLR-100 "
+                   f"{apgd_dlr:.3f}: a gap of {100 * (pgd_acc - apgd_dlr):.1f} points (at "
+                   f"most 2 allowed)"},
     ]
     if transfer_acc is not None:
         checks.append({"name": "beats_transfer", "passed": pgd_acc <= transfer_acc + 1e-9,

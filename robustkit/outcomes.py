@@ -32,6 +32,39 @@ from robustkit.errors import RobustkitError
 Tensor = torch.Tensor
 
 
+class Accuracy(float):
+    """A robust accuracy (a float in [0, 1]) with what it must be read beside.
+
+    Attributes:
+        clean_accuracy: the model's accuracy on the clean images, on the same examples.
+        n: the number of examples.
+    """
+
+    clean_accuracy: float
+    n: int
+
+    def __new__(cls, value: float, clean_accuracy: float, n: int) -> Accuracy:
+        out = super().__new__(cls, value)
+        out.clean_accuracy = clean_accuracy
+        out.n = n
+        return out
+
+    def __repr__(self) -> str:
+        return f"{float(self)!r} (clean {self.clean_accuracy!r}, n={self.n})"
+
+
+def warn_if_near_chance(clean_accuracy: float, num_classes: int, n: int, what: str) -> None:
+    """Warn when clean accuracy is near chance: the usual sign of a forgotten normalization
+    (a model trained on normalized images, fed [0, 1] images) or of wrong labels."""
+    chance = 1.0 / num_classes
+    if n >= 20 and clean_accuracy <= 1.5 * chance:
+        warnings.warn(
+            f"{what}: clean accuracy {clean_accuracy:.3f} on {n} examples is near chance "
+            f"({chance:.3f} for {num_classes} classes): is the model's normalization inside "
+            f"it (robustkit.models.wrap(model, mean=..., std=...))? Robust accuracy means "
+            f"little here", stacklevel=3)
+
+
 @dataclass
 class Outcomes:
     """What happened to each example, in example order.
@@ -75,7 +108,7 @@ def as_data(x: object, y: object, what: str) -> Data:
     return x
 
 
-def _checked(models: Mapping[str, nn.Module], xb: Tensor, yb: Tensor, what: str) -> None:
+def check_batch(models: Mapping[str, nn.Module], xb: Tensor, yb: Tensor, what: str) -> None:
     """The model contract of every model on the first batch, and its labels."""
     for name, model in models.items():
         k = model_contract(model, xb, f"{what}: {name}" if len(models) > 1 else what)
@@ -119,7 +152,7 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
     keys = ["index", "label", "attacked", *(f"clean:{n}" for n in scorers if clean),
             *(f"adv:{n}" for n in scorers if attack), *(f"measure:{n}" for n in measure or {})]
     mine = None if total is None else sum(b - a for a, b in shard.blocks(total, batch_size))
-    records = _Records(keys, mine)
+    records = Records(keys, mine)
     checked = False
     try:
         for b in batches(data, batch_size, shard=shard, what=what):
@@ -130,7 +163,7 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
             x = b.x.to(device, non_blocking=True)
             y = b.y.long().to(device, non_blocking=True)
             if not checked:
-                _checked({**scorers, **({"attacked model": attack.model}
+                check_batch({**scorers, **({"attacked model": attack.model}
                                         if attack is not None and attack.model is not None
                                         else {})}, x, y, what)
                 checked = True
@@ -162,17 +195,19 @@ def _dtype(key: str) -> torch.dtype:
     return torch.long if key in ("index", "label") else torch.bool
 
 
-class _Records:
+class Records:
     """Per-example records, written into buffers allocated once when the number of
     examples is known. Small tensors kept from every batch would sit between the batches'
     large ones on the heap and keep the allocator from returning them: with glibc's
     default allocator a DataLoader of 50,000 images grew the process by 137 MiB that way."""
 
-    def __init__(self, keys: list[str], capacity: int | None) -> None:
+    def __init__(self, keys: list[str], capacity: int | None,
+                 dtype: Callable[[str], torch.dtype] = _dtype) -> None:
         self.filled = 0
         self.capacity = capacity
+        self.dtype = dtype
         self.lists: dict[str, list[Tensor]] = {k: [] for k in keys}
-        self.buffers = ({k: torch.empty(capacity, dtype=_dtype(k)) for k in keys}
+        self.buffers = ({k: torch.empty(capacity, dtype=dtype(k)) for k in keys}
                         if capacity is not None else None)
 
     def add(self, values: dict[str, Tensor]) -> None:
@@ -191,7 +226,7 @@ class _Records:
             head = ([self.buffers[k][:min(self.filled, len(self.buffers[k]))]]
                     if self.buffers is not None else [])
             joined = head + parts
-            out[k] = torch.cat(joined) if joined else torch.empty(0, dtype=_dtype(k))
+            out[k] = torch.cat(joined) if joined else torch.empty(0, dtype=self.dtype(k))
         return out
 
 

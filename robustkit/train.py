@@ -767,6 +767,16 @@ def _labelled(x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None, num_c
 def _adversarial(run: TrainingRun, adv: AdversarialConfig,
                  held_out: tuple[torch.Tensor, torch.Tensor] | None, seed: int) -> None:
     """Give ``run`` its adversarial loss and, with held-out images, its guard."""
+    if run.cfg.label_smoothing > 0:
+        # Smoothed targets cap the logit margins the loss asks for, which flattens the
+        # cross-entropy's input gradient: PGD on cross-entropy then overstates robustness
+        # (Croce and Hein 2020, arXiv 2003.01690, section 5; Mosbach et al. 2018,
+        # arXiv 1810.12042). robustkit's adversarial defaults use none.
+        warnings.warn(
+            f"fit: label smoothing {run.cfg.label_smoothing:g} with adversarial training is a "
+            f"known cause of gradient masking; evaluate the model with AutoAttack "
+            f"(robustkit.evaluate.autoattack), not PGD alone, or train with "
+            f"label_smoothing = 0", stacklevel=4)
     autocast = _autocast_for(run.device, run.amp_dtype)
     # Its own generator for the random starts, so the shuffling and augmentation draws
     # are those of a standard run with the same seed.

@@ -413,3 +413,13 @@ adversarial = { method = "pgd", eps = 0.1, steps = 2, guard_size = 50 }
     assert records["mlp-pgd"]["training"]["lr"] == ADVERSARIAL_DEFAULTS["mlp"].lr
     meta = models.load(records["mlp-pgd"]["checkpoint"]).robustkit_metadata
     assert meta["adversarial"]["steps"] == 2 and meta["held_out"] == 50
+
+
+def test_label_smoothing_with_adversarial_training_warns(mnist_small):
+    # Smoothed targets flatten the cross-entropy's gradient: PGD then overstates robustness.
+    with pytest.warns(UserWarning, match="label smoothing 0.1 with adversarial training"):
+        fit(_mlp(), mnist_small, epochs=1, batch_size=64, label_smoothing=0.1, **QUIET,
+            adversarial={"method": "fgsm-rs", "eps": 0.1, "guard": False})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        fit(_mlp(), mnist_small, epochs=1, batch_size=64, label_smoothing=0.1, **QUIET)

@@ -143,6 +143,8 @@ def _json_without_timings(path):
         record.pop(key, None)
     for result in record.get("results", {}).values():
         result.pop("seconds", None)
+    for part in record.get("split", {}).values():  # autoattack: this process's time per attack
+        part.pop("seconds", None)
     return record
 
 
@@ -150,6 +152,7 @@ def _json_without_timings(path):
     ["attack", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "--images", "50",
      "--batch-size", "16"],
     ["explain", "--methods", "saliency,integrated_gradients", "--images", "6", "--steps", "4"],
+    ["autoattack", "--eps", "0.1", "--version", "fast", "--images", "30", "--batch-size", "8"],
 ])
 def test_cli_commands_under_torchrun_match_one_process(command, setup, subprocess_env, tmp_path):
     root = setup
@@ -157,19 +160,20 @@ def test_cli_commands_under_torchrun_match_one_process(command, setup, subproces
     outputs = {}
     for procs in (1, 2):
         target = tmp_path / f"out{procs}"
-        out = [str(target / "r.json")] if command[0] == "attack" else [str(target)]
+        scored = command[0] in ("attack", "autoattack")
+        out = [str(target / "r.json")] if scored else [str(target)]
         launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                      "--nproc-per-node", "2", "-m", "robustkit"] if procs == 2
                     else [sys.executable, "-m", "robustkit"])
         done = subprocess.run([*launcher, *command, "--checkpoint", str(root / "m.pt"),
-                               "--out", *out, *(["--quiet"] if command[0] == "attack" else [])],
+                               "--out", *out, *(["--quiet"] if scored else [])],
                               env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Traceback" not in done.stderr
-        outputs[procs] = (_json_without_timings(target / "r.json") if command[0] == "attack"
+        outputs[procs] = (_json_without_timings(target / "r.json") if scored
                           else _json_without_timings(target / "explain.json"))
         if procs == 2:  # rank 0 alone printed the result
-            assert done.stdout.count("robust accuracy" if command[0] == "attack"
+            assert done.stdout.count("robust accuracy" if scored
                                      else "alignment with the image") == 1
     assert outputs[1] == outputs[2]
 

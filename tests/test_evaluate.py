@@ -160,7 +160,7 @@ def test_validity_checks_pass_a_normally_trained_model(trained_mlp, test200):
     result = evaluate.validity_checks(trained_mlp, x, y, eps=0.3, steps=STEPS, progress=False)
     checks = checks_by_name(result)
     for name in ("iterative_beats_single_step", "monotone_in_eps", "large_eps_reaches_zero",
-                 "beats_random_noise"):
+                 "beats_random_noise", "pgd_matches_apgd_dlr"):
         assert checks[name]["passed"] is True, checks[name]["detail"]
     noise = checks["beats_random_noise"]
     assert noise["pgd"] <= noise["noise"] and noise["n"] == len(y)
@@ -182,6 +182,32 @@ def test_validity_checks_flag_gradient_masking(trained_mlp, test200):
     assert result["passed"] is False
     assert (checks["large_eps_reaches_zero"]["passed"] is False
             or checks["beats_random_noise"]["passed"] is False)
+
+
+class Times(nn.Module):
+    """The model's logits times ``factor``: the same decisions, a saturated softmax."""
+
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.factor
+
+
+def test_pgd_overstating_robustness_fails_the_apgd_dlr_check(trained_mlp, test200):
+    # Logits x 30 saturate the softmax: cross-entropy's gradient vanishes on confidently
+    # classified images and PGD stalls, while DLR (scale-invariant) is not fooled.
+    x, y = test200
+    scaled = Times(trained_mlp, 30.0).eval()
+    result = evaluate.validity_checks(scaled, x, y, eps=0.1, steps=STEPS, progress=False)
+    check = checks_by_name(result)["pgd_matches_apgd_dlr"]
+    assert check["passed"] is False, check["detail"]
+    assert check["pgd"] - check["apgd_dlr"] > 0.02
+    assert result["passed"] is False
+    plain = evaluate.validity_checks(trained_mlp, x, y, eps=0.1, steps=STEPS, progress=False)
+    assert checks_by_name(plain)["pgd_matches_apgd_dlr"]["apgd_dlr"] == pytest.approx(
+        check["apgd_dlr"], abs=0.01)  # DLR sees through the scale
 
 
 def test_random_noise_fooling_what_pgd_cannot_fails_the_check(trained_mlp, test200):

@@ -401,6 +401,11 @@ sections = {
                      {**single_attack, "faithfulness": st.booleans(), "sanity": st.booleans()}),
     "validity": table({}, {"eps": numbers, "steps": numbers, "norm": st.sampled_from(
         ["linf", "l2", "l3"]), "n": numbers, "models": model_lists}),
+    "blackbox": table({}, {"oracles": model_lists, "seed_n": numbers, "rounds": numbers,
+                           "lam": numbers, "eps": eps_lists, "square_queries": st.lists(numbers, max_size=2),
+                           "attack": st.sampled_from(ATTACK_NAMES + ["autoattack"]),
+                           "options": attack_options, "arch_options": anything,
+                           "seed_labels": st.sampled_from(["attacker", "oracle", "x"])}),
     "references": st.lists(table({"claim": st.text(max_size=5), "value": numbers,
                                   "source": st.text(max_size=5)},
                                  {"model": names, "attack": names, "eps": numbers}), max_size=2),

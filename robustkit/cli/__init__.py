@@ -2,7 +2,9 @@
 
 - :mod:`~robustkit.cli.train`: ``train``
 - :mod:`~robustkit.cli.attack`: ``attack``, ``curve``, ``minimal``, ``validity``
+- :mod:`~robustkit.cli.autoattack`: ``autoattack``
 - :mod:`~robustkit.cli.transfer`: ``transfer``
+- :mod:`~robustkit.cli.blackbox`: ``blackbox``
 - :mod:`~robustkit.cli.explain`: ``explain``, ``sanity``
 - :mod:`~robustkit.cli.run`: ``run``, ``report``, ``compare``
 - :mod:`~robustkit.cli.info`: ``info``, ``list``
@@ -33,7 +35,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from robustkit.cli import attack, explain, info, run, train, transfer
+from robustkit.cli import attack, autoattack, blackbox, explain, info, run, train, transfer
 from robustkit.cli.common import Parser
 from robustkit.core import distributed
 from robustkit.errors import RobustkitError
@@ -49,7 +51,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parsers(sub)
     attack.add_parsers(sub)  # attack, curve, minimal, validity
+    autoattack.add_parsers(sub)
     transfer.add_parsers(sub)
+    blackbox.add_parsers(sub)
     explain.add_parsers(sub)  # explain, sanity
     run.add_parsers(sub)  # run, report, compare
     info.add_parsers(sub)  # info, list

@@ -26,6 +26,7 @@ import torch
 
 from robustkit import data, explain, models
 from robustkit.attacks import check_options, spec
+from robustkit.autoattack import VERSIONS
 from robustkit.core import pick_device
 from robustkit.errors import RobustkitError
 from robustkit.models.building import check as check_build
@@ -67,6 +68,9 @@ def attack_options(attack: str, options: Mapping[str, Any], where: str, *,
     Configs score untargeted attacks against the true labels and seed them from the
     run's ``seeds``, so ``targeted = true`` and ``seed`` are refused here.
     """
+    if attack == AUTOATTACK:
+        _autoattack_options(options, where, grid=grid)
+        return
     if ":" in attack and not _IMPORT.fullmatch(attack):
         raise RobustkitError(f"{where}.attack: {attack!r} is not 'package.module:function'")
     try:
@@ -85,6 +89,27 @@ def attack_options(attack: str, options: Mapping[str, Any], where: str, *,
             raise RobustkitError(f"{field}: a run scores untargeted attacks against the true "
                                  "labels; targeted attacks are not supported in a config")
         check_options(attack, {k: value}, what=field)
+
+
+#: The attack name a config gives for AutoAttack (:func:`robustkit.evaluate.autoattack`),
+#: with the options it takes there.
+AUTOATTACK = "autoattack"
+AUTOATTACK_OPTIONS = {"version": VERSIONS, "norm": ("linf", "l2")}
+
+
+def _autoattack_options(options: Mapping[str, Any], where: str, *, grid: bool) -> None:
+    """``attack = "autoattack"`` takes an eps grid (one unit per eps) and the options
+    ``version`` and ``norm``; it is no attack for sections that need adversarial images."""
+    if not grid:
+        raise RobustkitError(f"{where}.attack: autoattack gives robust accuracy, not images; "
+                             "use it in [[attacks]]")
+    for k, value in options.items():
+        if k not in AUTOATTACK_OPTIONS:
+            raise RobustkitError(f"{where}.options.{k}: autoattack takes "
+                                 f"{', '.join(sorted(AUTOATTACK_OPTIONS))}")
+        if value not in AUTOATTACK_OPTIONS[k]:
+            raise RobustkitError(f"{where}.options.{k}: must be one of "
+                                 f"{', '.join(AUTOATTACK_OPTIONS[k])}, got {value!r}")
 
 
 def model(arch: str, options: Mapping[str, Any], ds: data.DatasetSpec, where: str, *,

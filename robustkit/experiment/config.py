@@ -55,8 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustkit import models
+import numpy as np
+
+from robustkit import data, models
 from robustkit.adversarial import adversarial_training
+from robustkit.blackbox.substitute import MAX_SET_VALUES
 from robustkit.config import (NORMS, AdversarialConfig, Reference, TrainConfig, from_dict,
                               load_toml)
 from robustkit.core import check_name
@@ -199,9 +202,11 @@ class AttackEntry:
     """One attack, run on every listed model at every eps (one unit per eps).
 
     Attributes:
-        attack: a registered attack name (``fgsm``, ``pgd``, ``mifgsm`` ...) or
-            ``"package.module:function"`` (``function(model, x, y, *, eps, ...)``). Attacks
-            that measure a distance (``deepfool``, ``cw_l2``) have no eps and are refused.
+        attack: a registered attack name (``fgsm``, ``pgd``, ``mifgsm`` ...),
+            ``"package.module:function"`` (``function(model, x, y, *, eps, ...)``) or
+            ``"autoattack"`` (:func:`robustkit.evaluate.autoattack`; options ``version``
+            and ``norm``). Attacks that measure a distance (``deepfool``, ``cw_l2``) have
+            no eps and are refused.
         eps: the radii (finite, >= 0).
         name: its name in the results; default ``attack``.
         options: the attack's keyword options (``steps``, ``norm``, ``alpha`` ...).
@@ -330,6 +335,116 @@ class ValiditySection:
         _distinct(self.models, "models")
 
 
+#: The substitute's options when ``[blackbox]`` names its ``arch`` but no ``arch_options``:
+#: for the default mlp, CleverHans v3's tutorial substitute (two hidden layers of 200, no
+#: dropout); any other arch gets its own defaults.
+SUBSTITUTE_OPTIONS: dict[str, dict[str, Any]] = {"mlp": {"hidden": [200, 200], "dropout": 0.0}}
+
+#: Who labels the seed images of ``[blackbox]``: the attacker (their own true labels, no
+#: query; CleverHans' tutorial) or the oracle (``seed_n`` more queries).
+SEED_LABELS = ("attacker", "oracle")
+
+
+@dataclass(frozen=True)
+class BlackboxSection:
+    """Papernot et al. 2017's black-box attack (arXiv 1602.02697) on each listed model,
+    reached only through a label oracle that counts its queries
+    (:func:`robustkit.blackbox.substitute`, :func:`robustkit.blackbox.transfer_success`).
+
+    The seeds are the test split's first ``seed_n`` images; the transfers are scored on
+    the run's test subset (``n_test``) without them. The reference setup (the defaults):
+    150 seeds labelled by the attacker, 6 rounds, lambda 0.1 changing sign every 3 rounds,
+    FGSM: ``seed_n * (2^(rounds-1) - 1)`` = 4,650 label queries.
+
+    Attributes:
+        oracles: the models attacked (each through its own oracle); default all.
+        seed_n: seed images (the test split's first ``seed_n``).
+        seed_labels: ``attacker`` (the seeds' true labels, no query) or ``oracle``
+            (``seed_n`` more queries).
+        rounds, lam, flip_every, epochs: the substitute's rounds, augmentation step
+            (> 0), sign change period and training epochs per round.
+        arch: the substitute's model spec (a registered name or ``torchvision:NAME`` ...).
+        arch_options: its options; default :data:`SUBSTITUTE_OPTIONS` for ``arch``, else
+            the arch's own defaults.
+        attack, options: the attack crafted on the substitute (any robustkit attack with
+            an eps) and its options.
+        eps: the radii of the transferred attack (one oracle query per image and radius).
+        surrogate: also train a surrogate of the same arch on the true labels of as many
+            training images as the substitute's final set (at most the training split).
+        square_queries: query budgets per image for Square (Andriushchenko et al. 2020) on
+            the oracle's scores at the largest eps (in ``options.norm``, default linf).
+    """
+
+    oracles: list[str] = field(default_factory=list)
+    seed_n: int = 150
+    seed_labels: str = "attacker"
+    rounds: int = 6
+    lam: float = 0.1
+    flip_every: int = 3
+    epochs: int = 10
+    arch: str = "mlp"
+    arch_options: dict[str, Any] | None = None
+    attack: str = "fgsm"
+    options: dict[str, Any] = field(default_factory=dict)
+    eps: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
+    surrogate: bool = True
+    square_queries: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _distinct(self.oracles, "oracles")
+        for name in ("seed_n", "rounds", "flip_every", "epochs"):
+            _positive(getattr(self, name), name)
+        _require(self.seed_labels in SEED_LABELS, "seed_labels",
+                 f"must be one of {', '.join(SEED_LABELS)}, got {self.seed_labels!r}")
+        _radius(self.lam, "lam", strict=True)
+        _radii(self.eps, "eps")
+        _require(self.attack != checks.AUTOATTACK, "attack",
+                 "autoattack gives robust accuracy, not adversarial images to transfer; "
+                 "name an attack (fgsm, pgd, mifgsm ...)")
+        for i, q in enumerate(self.square_queries):
+            _require(q > 0, f"square_queries[{i}]", f"must be a query budget >= 1, got {q}")
+        _distinct(self.square_queries, "square_queries")
+
+    @property
+    def models(self) -> list[str]:
+        """The oracles (the name every other section gives its list of models)."""
+        return self.oracles
+
+    @property
+    def substitute_options(self) -> dict[str, Any]:
+        """``arch_options``, or the default for ``arch``."""
+        if self.arch_options is not None:
+            return dict(self.arch_options)
+        return dict(SUBSTITUTE_OPTIONS.get(self.arch, {}))
+
+    @property
+    def norm(self) -> str:
+        """The threat model of the transfer and of Square: ``options.norm``, else linf."""
+        return str(self.options.get("norm", "linf"))
+
+
+def blackbox_images(y: np.ndarray, n_test: int, seed_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the test split of a ``[blackbox]`` unit's seeds and scored images.
+
+    The seeds are the split's first ``seed_n`` images; the scored images are the run's
+    test subset (``n_test`` class-balanced images, the same as
+    :meth:`robustkit.experiment.context.Context.test_set` takes) without the seeds.
+
+    Args:
+        y: the test split's labels (N,).
+        n_test, seed_n: the run's ``n_test`` and the section's ``seed_n``.
+
+    Returns:
+        ``(seeds, scored)``: sorted int64 index arrays.
+
+    Example:
+        >>> blackbox_images(np.arange(20) % 2, 20, 5)[1].tolist()[:3]
+        [5, 6, 7]
+    """
+    keep = data.stratified_indices(y, min(n_test, len(y)), seed=0)
+    return np.arange(min(seed_n, len(y)), dtype=np.int64), keep[keep >= seed_n]
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole run; see the module docstring for the TOML layout."""
@@ -348,6 +463,7 @@ class ExperimentConfig:
     minimal: MinimalSection | None = None
     explain: ExplainSection | None = None
     validity: ValiditySection | None = None
+    blackbox: BlackboxSection | None = None
     references: list[Reference] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -386,6 +502,8 @@ class ExperimentConfig:
             value = getattr(self, section)
             if value is not None:
                 yield f"{section}.models", value.models
+        if self.blackbox:
+            yield "blackbox.oracles", self.blackbox.oracles
 
     def model_names(self, listed: list[str]) -> list[str]:
         """``listed``, or every model when it is empty."""
@@ -450,6 +568,44 @@ def validate(cfg: ExperimentConfig) -> None:
         _require(cfg.minimal.target < ds.num_classes, "experiment.minimal.target",
                  f"must be a class of {ds.name}, in [0, {ds.num_classes}), "
                  f"got {cfg.minimal.target}")
+    if cfg.blackbox:
+        _validate_blackbox(cfg, cfg.blackbox, ds)
+
+
+def _validate_blackbox(cfg: ExperimentConfig, sec: BlackboxSection, ds: data.DatasetSpec
+                       ) -> None:
+    """``[blackbox]``'s substitute, attack and Square, the size its rounds grow the
+    training set to, and (where the test split can be read now) its seeds and scored
+    images."""
+    where = "experiment.blackbox"
+    try:
+        checks.model(sec.arch, sec.substitute_options, ds, where)
+    except RobustkitError as err:  # checks.model names a model's options "options"
+        text = str(err)
+        if text.startswith(f"{where}.options"):
+            text = f"{where}.arch_options" + text[len(f"{where}.options"):]
+        raise RobustkitError(text) from None
+    checks.attack_options(sec.attack, sec.options, where, grid=True)
+    if sec.square_queries:
+        _require(sec.norm in NORMS, f"{where}.options.norm", f"Square runs in "
+                 f"{' or '.join(NORMS)}, got {sec.norm!r}")
+    # The set doubles every round: in logs, so that a huge rounds costs no huge integer.
+    grown = math.log2(sec.seed_n) + sec.rounds - 1 + math.log2(math.prod(ds.in_shape))
+    _require(grown <= math.log2(MAX_SET_VALUES), f"{where}.rounds",
+             f"{sec.rounds} rounds from {sec.seed_n} seeds grow the substitute's training set "
+             f"to {sec.seed_n} x 2^{sec.rounds - 1} images, more than memory holds "
+             f"({MAX_SET_VALUES:,} values); lower rounds or seed_n")
+    try:  # the run reads the split anyway; one that cannot be read now fails there
+        _, y = data.load_tensors(cfg.dataset, "test")
+    except RobustkitError:
+        return
+    _require(sec.seed_n < len(y), f"{where}.seed_n", f"the seeds are the first seed_n "
+             f"images of {cfg.dataset}'s test split, which has {len(y)}: {sec.seed_n} leaves "
+             f"none to score the transfers on")
+    scored = len(blackbox_images(y.numpy(), cfg.n_test, sec.seed_n)[1])
+    _require(scored > 0, f"{where}.seed_n", f"the run's n_test = {cfg.n_test} test images "
+             f"all lie among the first {sec.seed_n} (the seeds): none is left to score the "
+             f"transfers on; raise n_test or lower seed_n")
 
 
 def train_config(entry: ModelEntry, where: str = "train") -> TrainConfig:

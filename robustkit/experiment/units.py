@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,13 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustkit import explain, metrics
+from robustkit import data, explain, metrics, models
 from robustkit.attacks import bind, minimal_targeted
-from robustkit.core import predict
+from robustkit.attacks import spec as attack_spec
+from robustkit.blackbox import (Oracle, Substitute, planned_queries, substitute,
+                                transfer_success)
+from robustkit.config import TrainConfig
+from robustkit.core import accuracy_of, predict
+from robustkit.core.stream import batches
 from robustkit.errors import RobustkitError
-from robustkit.evaluate import adversarial_examples, minimal_table, validity_checks
-from robustkit.experiment.config import (ExperimentConfig, ModelEntry, adversarial_config,
-                                         train_config)
+from robustkit.evaluate import (adversarial_examples, autoattack, minimal_table,
+                                validity_checks)
+from robustkit.experiment.config import (BlackboxSection, ExperimentConfig, ModelEntry,
+                                         adversarial_config, blackbox_images, train_config)
 from robustkit.experiment.context import Context
 from robustkit.store import key, provenance
 from robustkit import train as training
@@ -188,10 +195,40 @@ def attack(ctx: Context, name: str, seed: int, eps: float) -> Result:
     entry = ctx.section
     model = ctx.model(name, seed)
     x, y = ctx.test_set()
+    if entry.attack == "autoattack":
+        return _autoattack(ctx, model, name, seed, eps), None
     x_adv = _attack(ctx, model, entry.attack, entry.options, seed, eps, x, y)
     return {"kind": "attack", "model": name, "seed": seed, "attack": entry.label,
             "method": entry.attack, "eps": eps, "options": entry.options,
             **_scores(model, x, x_adv, y)}, None
+
+
+def _autoattack(ctx: Context, model: nn.Module, name: str, seed: int, eps: float
+                ) -> dict[str, Any]:
+    """AutoAttack (``attack = "autoattack"``): the robust accuracy, which attack broke each
+    example and at what cost, the flags, and PGD-40 beside it."""
+    entry = ctx.section
+    x, y = ctx.test_set()
+    result = autoattack(model, (x, y), eps=eps, seed=seed, batch_size=ctx.cfg.batch_size,
+                        **entry.options)
+    size = result.records["norm"][result.records["broken_by"] > 0]
+    median = float(size.median()) if len(size) else None
+    return {"kind": "attack", "model": name, "seed": seed, "attack": entry.label,
+            "method": "autoattack", "eps": eps, "options": entry.options, "n": result.n,
+            "clean_accuracy": result.clean_accuracy,
+            "robust_accuracy": float(result.robust_accuracy),
+            "error_rate": 1 - float(result.robust_accuracy),  # misclassified clean or fooled
+            "mean_confidence": None, "mean_confidence_wrong": None,
+            "success_rate": (1 - float(result.robust_accuracy) / result.clean_accuracy
+                             if result.clean_accuracy else None),
+            "median_l2": median if result.norm == "l2" else None,
+            "median_linf": median if result.norm == "linf" else None,
+            "median_psnr": None, "median_ssim": None,
+            "autoattack": {"version": result.version, "norm": result.norm,
+                           "attacks": result.attacks, "split": result.split(),
+                           "cost": result.cost(), "pgd_accuracy": result.pgd_accuracy,
+                           "flags": [{"name": f.name, "message": f.message}
+                                     for f in result.flags]}}
 
 
 def _scores(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
@@ -376,3 +413,176 @@ def validity(ctx: Context, name: str, seed: int) -> Result:
     report = validity_checks(model, x, y, eps=sec.eps, norm=sec.norm, steps=sec.steps,
                              seed=seed, progress=False)
     return {"kind": "validity", "model": name, "seed": seed, "eps": sec.eps, **report}, None
+
+
+# -- black box -------------------------------------------------------------------------
+def _plan_blackbox(cfg: ExperimentConfig) -> Iterator[Planned]:
+    if cfg.blackbox:
+        yield from per_model("blackbox", cfg, cfg.blackbox)
+
+
+@register_unit("blackbox", _plan_blackbox)
+def blackbox(ctx: Context, name: str, seed: int) -> Result:
+    """Papernot et al. 2017's black-box attack on model ``name`` through a label oracle
+    (:func:`blackbox_run`): the seeds are the test split's first ``seed_n`` images, the
+    transfers are scored on the run's test subset without them."""
+    sec: BlackboxSection = ctx.section
+    x_all, y_all = data.load_tensors(ctx.cfg.dataset, "test")
+    seeds, scored = blackbox_images(y_all.numpy(), ctx.cfg.n_test, sec.seed_n)
+    if len(scored) == 0:  # checked at load where the split could be read then
+        raise RobustkitError(f"experiment.blackbox.seed_n: {sec.seed_n} seeds leave none of "
+                             f"the run's {ctx.cfg.n_test} test images to score the transfers "
+                             f"on; raise n_test or lower seed_n")
+    subset = data.stratified_indices(y_all.numpy(), min(ctx.cfg.n_test, len(y_all)), seed=0)
+    if not torch.equal(x_all[torch.from_numpy(subset)], ctx.test_set()[0]):
+        raise RobustkitError("experiment.blackbox: blackbox_images does not take the run's "
+                             "test subset as Context.test_set does (a bug)")
+    s, t = torch.from_numpy(seeds), torch.from_numpy(scored)
+    record = blackbox_run(ctx.model(name, seed), (x_all[s], y_all[s]), (x_all[t], y_all[t]),
+                          sec, seed=seed, dataset=ctx.cfg.dataset, device=ctx.cfg.device,
+                          batch_size=ctx.cfg.batch_size)
+    return {"kind": "blackbox", "model": name, "seed": seed, **record}, None
+
+
+def blackbox_run(target: nn.Module, seeds: tuple[torch.Tensor, torch.Tensor],
+                 scored: tuple[torch.Tensor, torch.Tensor], sec: BlackboxSection, *,
+                 seed: int, dataset: str, device: str = "auto", batch_size: int = 500
+                 ) -> dict[str, Any]:
+    """The black-box attack of a ``[blackbox]`` section on one target, as a JSON record.
+
+    Papernot et al. 2017, arXiv 1602.02697. The attacker reaches ``target`` only through a
+    label :class:`~robustkit.blackbox.Oracle` whose budget is the plan's queries
+    (``seed_n * (2^(rounds-1) - 1)``, plus ``seed_n`` when the oracle labels the seeds),
+    trains the substitute on it (:func:`~robustkit.blackbox.substitute`) and crafts
+    ``sec.attack`` on it at each eps. A second oracle, the judge, scores the transferred
+    examples (its queries are the measurement's, not the attacker's). Beside it: a
+    surrogate of the same arch trained on the true labels of as many training images as
+    the substitute's final set (at most the training split: the record says when it was
+    capped), attacked and scored the same way; and Square
+    (:func:`~robustkit.attacks.square`) on an oracle of the target's scores, once per
+    budget of ``sec.square_queries``, at the largest eps.
+
+    Args:
+        target: the model attacked (N, C, H, W) in [0, 1] -> (N, K) logits.
+        seeds: the attacker's seed images (n, C, H, W) and their true labels (n,).
+        scored: the images (N, C, H, W) and true labels (N,) the transfers are scored on.
+        sec: the section's settings.
+        seed: seeds the substitute, the surrogate and its data, and the attacks.
+        dataset: the dataset the target was trained for (the surrogate's training split).
+        device: where the substitute and the surrogate train.
+        batch_size: images per oracle call and per attack call.
+
+    Returns:
+        ``substitute`` (its settings, ``history`` per round: ``size``, ``queries``,
+        ``lam``, ``accuracy`` on ``scored``; ``queries``, ``size``, ``accuracy``),
+        ``oracle_accuracy`` (the target's on ``scored``), ``transfer`` (``substitute``
+        and, with ``sec.surrogate``, ``surrogate``: :func:`~robustkit.blackbox.
+        transfer_success`'s dicts, lists per eps), ``surrogate`` (``size``, ``wanted``,
+        ``train_split``, ``capped``, ``accuracy``; None without it), ``square`` (per
+        budget ``queries``, ``eps``, ``norm``, ``robust_accuracy``, ``queries_used``,
+        ``mean_queries``), ``judge_queries`` and ``timings`` (seconds per part).
+
+    Example:
+        >>> rec = blackbox_run(target, (x[:150], y[:150]), (x[150:], y[150:]),
+        ...                    BlackboxSection(), seed=0, dataset="mnist-5k")  # doctest: +SKIP
+        >>> rec["substitute"]["queries"]                                        # doctest: +SKIP
+        4650
+    """
+    # long function: the record's layout in the docstring, then four short steps in order
+    # (substitute, transfer, surrogate, Square) that share the judge, its labels and options.
+    k = data.spec(dataset).num_classes
+    attacker = sec.seed_labels == "attacker"
+    plan = planned_queries(len(seeds[0]), sec.rounds, not attacker)
+    oracle = Oracle(target, budget=plan, num_classes=k, batch_size=batch_size)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    sub = substitute(oracle, seeds[0], seed_y=seeds[1] if attacker else None, arch=sec.arch,
+                     arch_options=sec.substitute_options, rounds=sec.rounds, lam=sec.lam,
+                     flip_every=sec.flip_every, epochs=sec.epochs, seed=seed, device=device,
+                     test=scored, progress=False)
+    timings["substitute"] = time.perf_counter() - start
+    if sub.queries != plan or oracle.queries != plan:  # the oracle's budget makes it so
+        raise RobustkitError(f"blackbox: the substitute spent {sub.queries:,} queries, "
+                             f"planned {plan:,} (a bug)")
+    judge = Oracle(target, num_classes=k, batch_size=batch_size)
+    x, y = scored
+    clean = judge.labels(x)  # (N,): asked once, shared by every transfer below
+    options = dict(sec.options)
+    params = attack_spec(sec.attack).params
+    if params is not None and "seed" in params:
+        options["seed"] = seed  # per example, by index: independent of the batch size
+
+    def transfer_of(model: nn.Module) -> dict[str, Any]:
+        torch.manual_seed(seed)
+        return transfer_success(judge, model, x, y, attack=sec.attack, eps=list(sec.eps),
+                                clean_labels=clean, batch_size=batch_size, **options)
+
+    start = time.perf_counter()
+    transfer = {"substitute": transfer_of(sub.model)}
+    timings["transfer"] = time.perf_counter() - start
+    surrogate = None
+    if sec.surrogate:
+        start = time.perf_counter()
+        model, surrogate = _surrogate(sec, sub, dataset, seed, device, scored)
+        transfer["surrogate"] = transfer_of(model)
+        timings["surrogate"] = time.perf_counter() - start
+    square_rows = []
+    for budget in sec.square_queries:
+        start = time.perf_counter()
+        square_rows.append(_square(target, judge, x, y, sec, budget, seed, k, batch_size))
+        timings[f"square_{budget}"] = time.perf_counter() - start
+    history = sub.history
+    return {"dataset": dataset, "seed_n": len(seeds[0]), "seed_labels": sec.seed_labels,
+            "n": len(y),
+            "substitute": {**sub.options, "history": history, "queries": sub.queries,
+                           "size": history[-1]["size"], "accuracy": history[-1]["accuracy"]},
+            "attack": sec.attack, "options": sec.options, "eps": list(sec.eps),
+            "oracle_accuracy": (clean.cpu() == y.cpu()).float().mean().item(),
+            "transfer": transfer, "surrogate": surrogate, "square": square_rows,
+            "judge_queries": judge.queries, "timings": timings}
+
+
+def _surrogate(sec: BlackboxSection, sub: Substitute, dataset: str, seed: int, device: str,
+               test: tuple[torch.Tensor, torch.Tensor]) -> tuple[nn.Module, dict[str, Any]]:
+    """The course's subset attacker beside the substitute: the same arch, trained as one
+    round of the substitute (its epochs, batch size, Adam and learning rate, no
+    augmentation, no label smoothing) on the true labels of a class-balanced, seeded
+    subset of the training split as large as the substitute's final set, or the whole
+    split when that is smaller (``capped``)."""
+    x, y = data.load_tensors(dataset, "train")
+    wanted, split = int(sub.history[-1]["size"]), len(y)
+    size = min(wanted, split)
+    if size < split:
+        keep = torch.from_numpy(data.stratified_indices(y.numpy(), size, seed=seed))
+        x, y = x[keep], y[keep]
+    spec_ = data.spec(dataset)
+    torch.manual_seed(seed)
+    model = models.create(sec.arch, spec_.in_shape, spec_.num_classes,
+                          **sec.substitute_options)
+    o = sub.options
+    cfg = TrainConfig(epochs=sec.epochs, batch_size=o["batch_size"], lr=o["lr"],
+                      optimizer="adam", weight_decay=0.0, label_smoothing=0.0, augment="none")
+    training.fit(model, (x, y), config=cfg, device=device, seed=seed, quiet=True)
+    model.eval()
+    return model, {"arch": sec.arch, "arch_options": sec.substitute_options, "size": size,
+                   "wanted": wanted, "train_split": split,
+                   "capped": size < wanted, "epochs": sec.epochs,
+                   "accuracy": accuracy_of(model, test[0], test[1])}
+
+
+def _square(target: nn.Module, judge: Oracle, x: torch.Tensor, y: torch.Tensor,
+            sec: BlackboxSection, budget: int, seed: int, k: int, batch_size: int
+            ) -> dict[str, Any]:
+    """Square's robust accuracy on the target's scores at the largest eps with ``budget``
+    queries per image (the judge labels the results: ``len(x)`` queries more)."""
+    eps = max(sec.eps)
+    scores = Oracle(target, output="scores", budget=len(x) * budget, num_classes=k,
+                    batch_size=batch_size)
+    run = bind("square", scores, {"queries": budget, "norm": sec.norm}, eps=eps,
+               defaults={"seed": seed}, what="experiment blackbox square")
+    x_adv = torch.empty_like(x)
+    for b in batches((x, y), batch_size, what="experiment blackbox square"):
+        x_adv[b.index] = run(b.x, b.y, b.index).cpu()
+    robust = (judge.labels(x_adv).cpu() == y.cpu()).float().mean().item()
+    return {"queries": budget, "eps": eps, "norm": sec.norm, "robust_accuracy": robust,
+            "queries_used": scores.queries, "mean_queries": scores.queries / len(x)}

@@ -114,6 +114,110 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float, float]]], path=
     return _save(fig, path)
 
 
+def broken_by_chart(rows: Mapping[str, Mapping[str, float]], order: Sequence[str], path=None,
+                    *, title: str = "", notes: Mapping[str, str] | None = None) -> Figure:
+    """One horizontal stacked bar per model: the share of examples misclassified clean,
+    broken by each attack in ``order``, and robust (``{model: {segment: fraction}}``);
+    ``notes`` (e.g. the cost) are written after each bar."""
+    fig = Figure(figsize=(7.2, 0.7 + 0.55 * max(len(rows), 1)), layout="constrained")
+    ax = fig.subplots()
+    names = list(rows)
+    segments = ["clean error", *order, "robust"]
+    colors = {"clean error": "#bbbbbb", "robust": "#2ca02c"}
+    palette = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#8c564b", "#e377c2"]
+    left = [0.0] * len(names)
+    for i, seg in enumerate(segments):
+        widths = [100 * rows[m].get(seg, 0.0) for m in names]
+        ax.barh(range(len(names)), widths, left=left, label=literal(seg),
+                color=colors.get(seg, palette[i % len(palette)]), edgecolor="white")
+        left = [a + w for a, w in zip(left, widths)]
+    ax.set_yticks(range(len(names)), [literal(m) for m in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("examples (%)")
+    for j, m in enumerate(names):
+        if notes and m in notes:
+            ax.text(101, j, literal(notes[m]), va="center", fontsize=7, clip_on=False)
+    ax.legend(fontsize=7, ncols=min(len(segments), 6), loc="upper center",
+              bbox_to_anchor=(0.5, -0.35 if len(names) < 3 else -0.15))
+    if title:
+        ax.set_title(literal(title))
+    return _save(fig, path)
+
+
+def blackbox_chart(accuracy: Sequence[tuple[float, float, float]],
+                   queries: Sequence[tuple[float, float]],
+                   transfer: Mapping[str, Sequence[tuple[float, float, float]]],
+                   square: Sequence[tuple[float, float, float]] = (), path=None, *,
+                   square_label: str = "", title: str = "") -> Figure:
+    """A black-box attack in two panels (three with Square).
+
+    Left: the substitute's accuracy per round ``[(round, mean, std)]`` (fractions) with the
+    label queries spent so far ``[(round, queries)]`` as bars on a second axis. Middle:
+    transfer success against eps, ``{label: [(eps, mean, std)]}`` (the substitute, the
+    true-label surrogate). Right, when ``square`` is given: Square's robust accuracy
+    against its query budget per image ``[(budget, mean, std)]``, log scale.
+
+    Example:
+        >>> blackbox_chart([(0, 0.5, 0), (1, 0.7, 0)], [(0, 0), (1, 150)],
+        ...                {"substitute": [(0.1, 0.2, 0), (0.3, 0.8, 0)]})  # doctest: +SKIP
+    """
+    panels = 3 if square else 2
+    fig = Figure(figsize=(4.6 * panels, 3.8), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
+    bars = ax.twinx()
+    bars.bar([r for r, _ in queries], [q for _, q in queries], width=0.6, color="#bbbbbb",
+             alpha=0.6, label="label queries so far")
+    bars.set_ylabel("label queries so far")
+    bars.set_ylim(0, 1.05 * max([1.0, *(q for _, q in queries)]))
+    ax.set_zorder(bars.get_zorder() + 1)  # the accuracy line in front of the bars
+    ax.patch.set_visible(False)
+    _band(ax, accuracy, "substitute accuracy", "#1f77b4")
+    ax.set_xticks([r for r, *_ in accuracy])
+    ax.set_xlabel("round")
+    ax.set_ylabel("substitute accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("substitute per round", fontsize=10)
+    ax = axes[1]
+    for (label, points), color in zip(transfer.items(), ("#d62728", "#2ca02c", "#9467bd")):
+        _band(ax, points, label, color)
+    ax.set_xticks(sorted({e for points in transfer.values() for e, *_ in points}))
+    ax.set_xlabel("eps")
+    ax.set_ylabel("transfer success (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=8)
+    ax.set_title("transferred to the oracle", fontsize=10)
+    if square:
+        ax = axes[2]
+        _band(ax, square, "Square", "#ff7f0e")
+        ax.set_xscale("log")
+        budgets = sorted({q for q, *_ in square})
+        ax.set_xticks(budgets, [f"{q:,.0f}" for q in budgets])  # plain text, no mathtext
+        ax.minorticks_off()
+        ax.set_xlabel("Square's queries per image")
+        ax.set_ylabel("oracle robust accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(literal(square_label or "Square on the oracle's scores"), fontsize=10)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(literal(title))
+    return _save(fig, path)
+
+
+def _band(ax, points: Sequence[tuple[float, float, float]], label: str, color: str) -> None:
+    """A line of ``(x, mean, std)`` fractions drawn in %, with a +-std band."""
+    pts = sorted((x, m, s) for x, m, s in points if m == m)  # NaN means: no value
+    xs = [p[0] for p in pts]
+    mean = [100 * p[1] for p in pts]
+    std = [100 * (p[2] if p[2] == p[2] else 0.0) for p in pts]
+    ax.plot(xs, mean, marker="o", markersize=4, label=literal(label), color=color)
+    if any(s > 0 for s in std):
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)],
+                        [m + s for m, s in zip(mean, std)], alpha=0.2, color=color)
+
+
 def _show(ax, image, **kw) -> None:
     """Draw an image (C, H, W) in [0, 1], grayscale or RGB, without ticks."""
     import numpy as np

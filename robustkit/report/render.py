@@ -152,9 +152,10 @@ class Report:
             "manifest": self.manifest, "provenance": _provenance(self.manifest),
             "config_text": self.config_text, "description": self.description,
             "models": self.models(), "robustness": self.robustness(),
+            "autoattack": self.autoattack(),
             "imperceptibility": self.imperceptibility(), "transfer": self.transfer(),
             "explanations": self.explanations(), "validity": self.validity(),
-            "references": self.references(),
+            "references": self.references(), "blackbox": self.blackbox(),
         }
 
     # -- sections ------------------------------------------------------------------
@@ -222,6 +223,107 @@ class Report:
                 title=f"{label} {_options_text(options)}"))
             out.append({"attack": label, "method": recs[0]["method"], "options": options,
                          "eps": eps_values, "rows": rows, "figure": fig})
+        return out
+
+    def autoattack(self) -> list[dict[str, Any]]:
+        """"Which attack broke each example": per AutoAttack entry and eps, a stacked bar
+        per model, the split of cost in PGD-40 equivalents, PGD-40 beside it, the flags."""
+        out = []
+        recs = [r for r in of_kind(self.records, "attack") if r.get("method") == "autoattack"
+                and isinstance(r.get("autoattack"), dict)]
+        for (label, eps), group in by(recs, "attack", "eps").items():
+            order: list[str] = []
+            bars: dict[str, dict[str, float]] = {}
+            notes: dict[str, str] = {}
+            rows = []
+            for (name,), mrecs in by(group, "model").items():
+                seg: dict[str, float] = {}
+                n = sum(r["n"] for r in mrecs)
+                for r in mrecs:
+                    aa = r["autoattack"]
+                    order += [a for a in aa["attacks"] if a not in order]
+                    seg["clean error"] = seg.get("clean error", 0.0) + \
+                        (1 - r["clean_accuracy"]) * r["n"] / n
+                    seg["robust"] = seg.get("robust", 0.0) + r["robust_accuracy"] * r["n"] / n
+                    for a, v in aa["split"].items():
+                        seg[a] = seg.get(a, 0.0) + v["broken"] / n
+                cost = mean_std(r["autoattack"]["cost"]["pgd40_per_example"] for r in mrecs)
+                pgd = mean_std(r["autoattack"].get("pgd_accuracy") for r in mrecs)
+                bars[name] = seg
+                notes[name] = f"{cost[0]:.1f} PGD-40"
+                rows.append({
+                    "model": name,
+                    "autoattack": fmt(*mean_std(r["robust_accuracy"] for r in mrecs)),
+                    "pgd": fmt(*pgd), "clean": fmt(*mean_std(r["clean_accuracy"] for r in mrecs)),
+                    "cost": f"{cost[0]:.2f}",
+                    "split": {a: f"{100 * seg.get(a, 0.0):.1f}" for a in order},
+                    "flags": sorted({f["message"] for r in mrecs
+                                     for f in r["autoattack"]["flags"]})})
+            fig = self.figure(slug("autoattack", label, f"eps{eps:g}"),
+                              lambda p: figures.broken_by_chart(
+                                  bars, order, p, notes=notes,
+                                  title=f"which attack broke each example, eps {eps:g}"))
+            out.append({"attack": label, "eps": eps, "order": order, "rows": rows,
+                        "figure": fig, "version": group[0]["autoattack"]["version"],
+                        "norm": group[0]["autoattack"]["norm"]})
+        return out
+
+    def blackbox(self) -> list[dict[str, Any]]:
+        """"Black box: a substitute from the oracle's labels": per oracle, the substitute's
+        accuracy per round with its queries, transfer against eps beside the true-label
+        surrogate, Square against its budget; means ± std over the seeds."""
+        out = []
+        for (name,), recs in by(of_kind(self.records, "blackbox"), "model").items():
+            first, sub = recs[0], recs[0]["substitute"]
+            rounds, accuracy = [], []
+            for same in zip(*(r["substitute"]["history"] for r in recs)):  # one round
+                acc = mean_std(h["accuracy"] for h in same)
+                accuracy.append((same[0]["round"], *acc))
+                rounds.append({"round": same[0]["round"], "size": same[0]["size"],
+                               "queries": same[0]["queries"], "accuracy": fmt(*acc)})
+            kinds = [k for k in ("substitute", "surrogate") if all(k in r["transfer"]
+                                                                  for r in recs)]
+            labels = {"substitute": "substitute (oracle's labels)",
+                      "surrogate": "surrogate (true labels)"}
+
+            def per_eps(kind: str, field: str, i: int) -> tuple[float, float]:
+                return mean_std(r["transfer"][kind][field][i] for r in recs)
+
+            eps = first["eps"]
+            rows = [{"eps": e, "cells": [fmt(*per_eps(k, f, i)) for k in kinds for f in (
+                "adversarial_accuracy", "transfer_success")]} for i, e in enumerate(eps)]
+            series = {labels[k]: [(e, *per_eps(k, "transfer_success", i))
+                                  for i, e in enumerate(eps)] for k in kinds}
+            square = [{"queries": q, "robust": fmt(*mean_std(r["robust_accuracy"] for r in rs)),
+                       "mean_queries": fmt(*mean_std(r["mean_queries"] for r in rs),
+                                           percent=False), "eps": rs[0]["eps"],
+                       "norm": rs[0]["norm"],
+                       "point": (q, *mean_std(r["robust_accuracy"] for r in rs))}
+                      for (q,), rs in by([s for r in recs for s in r["square"]],
+                                         "queries").items()]
+            surrogates = [r["surrogate"] for r in recs if r.get("surrogate")]
+            queries = [(h["round"], h["queries"]) for h in sub["history"]]
+            fig = self.figure(slug("blackbox", name), lambda p: figures.blackbox_chart(
+                accuracy, queries, series, [s["point"] for s in square], p,
+                square_label=(f"Square at eps {square[0]['eps']:g} ({square[0]['norm']})"
+                              if square else ""),
+                title=f"{name}: black box, {first['attack']} crafted on the substitute"))
+            out.append({
+                "model": name, "seeds": len(recs), "arch": sub["arch"],
+                "arch_options": _options_text(sub.get("arch_options", {})),
+                "seed_n": first["seed_n"], "seed_labels": first["seed_labels"],
+                "rounds_n": sub["rounds"], "lam": sub["lam"], "flip_every": sub["flip_every"],
+                "queries": sub["queries"], "planned": sub["planned_queries"],
+                "size": sub["size"], "n": first["n"], "attack": first["attack"],
+                "options": _options_text(first.get("options", {})),
+                "judge": max(r["judge_queries"] for r in recs),
+                "oracle": fmt(*mean_std(r["oracle_accuracy"] for r in recs)),
+                "accuracy": rounds[-1]["accuracy"], "rounds": rounds, "kinds": kinds,
+                "rows": rows, "square": square, "figure": fig,
+                "surrogate": {"size": surrogates[0]["size"], "wanted": surrogates[0]["wanted"],
+                              "split": surrogates[0]["train_split"],
+                              "accuracy": fmt(*mean_std(s["accuracy"] for s in surrogates))}
+                if surrogates else None})
         return out
 
     def imperceptibility(self) -> dict[str, Any]:

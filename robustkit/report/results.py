@@ -122,11 +122,30 @@ FIELDS: dict[str, dict[str, str]] = {
     "sanity": {"model": "str", "seed": "int", "table": "dict"},
     "validity": {"model": "str", "seed": "int", "eps": "num", "passed": "bool?",
                  "checks": "list"},
+    "blackbox": {"model": "str", "seed": "int", "n": "int", "seed_n": "int",
+                 "seed_labels": "str", "attack": "str", "eps": "list", "oracle_accuracy": "num",
+                 "judge_queries": "int", "substitute": "dict", "transfer": "dict",
+                 "square": "list"},
 }
 # Explanation records that were not skipped also carry their arrays and shift.
 _EXPLAINED = {"key": "key", "shift": "dict"}
 _TRANSFER_ROW = {"eps": "num", "accuracy": "dict", "success": "dict"}
 _CHECK = {"name": "str", "passed": "bool?"}
+# Black-box records (robustkit.experiment.units.blackbox): the substitute, its rounds, the
+# transfers (lists per eps) and Square per budget.
+_BLACKBOX = {"substitute": {"arch": "str", "rounds": "int", "lam": "num", "flip_every": "int",
+                            "queries": "int", "planned_queries": "int", "size": "int",
+                            "history": "list"},
+             "round": {"round": "int", "size": "int", "queries": "int", "accuracy": "num?"},
+             "transfer": {"eps": "list", "clean_accuracy": "num", "adversarial_accuracy": "list",
+                          "transfer_success": "list", "queries": "int"},
+             "surrogate": {"arch": "str", "size": "int", "wanted": "int", "train_split": "int",
+                           "accuracy": "num?"},
+             "square": {"queries": "int", "eps": "num", "norm": "str", "robust_accuracy": "num",
+                        "mean_queries": "num"}}
+# AutoAttack's attack records also carry its story (robustkit.experiment.units).
+_AUTOATTACK = {"version": "str", "norm": "str", "attacks": "list", "split": "dict",
+               "cost": "dict", "flags": "list", "pgd_accuracy": "num?"}
 
 
 def check_results(results: Any, path: Path) -> dict[str, Any]:
@@ -175,9 +194,37 @@ def check_results(results: Any, path: Path) -> dict[str, Any]:
             raise bad(f"records[{i}] ({kind}) needs the run's 'seeds', which are missing")
         for j, row in enumerate(record["rows"] if kind == "transfer" else []):
             _check_fields(row, _TRANSFER_ROW, f"records[{i}] (transfer) rows[{j}]", bad)
+        if kind == "attack" and record.get("method") == "autoattack":
+            _check_fields(record, {"n": "int", "clean_accuracy": "num",
+                                   "robust_accuracy": "num", "autoattack": "dict"},
+                          f"records[{i}] (attack)", bad)
+            _check_fields(record["autoattack"], _AUTOATTACK,
+                          f"records[{i}] (attack) autoattack", bad)
         for j, check in enumerate(record["checks"] if kind == "validity" else []):
             _check_fields(check, _CHECK, f"records[{i}] (validity) checks[{j}]", bad)
+        if kind == "blackbox":
+            _check_blackbox(record, f"records[{i}] (blackbox)", bad)
     return results
+
+
+def _check_blackbox(record: dict[str, Any], where: str,
+                    bad: Callable[[str], RobustkitError]) -> None:
+    """The nested parts of a black-box record: substitute and its rounds, each transfer
+    (one entry per eps), the surrogate (null when not trained), Square's rows."""
+    _check_fields(record["substitute"], _BLACKBOX["substitute"], f"{where} substitute", bad)
+    for j, row in enumerate(record["substitute"]["history"]):
+        _check_fields(row, _BLACKBOX["round"], f"{where} substitute history[{j}]", bad)
+    if "substitute" not in record["transfer"]:
+        raise bad(f"{where} transfer: 'substitute' is missing")
+    for name, result in record["transfer"].items():
+        _check_fields(result, _BLACKBOX["transfer"], f"{where} transfer {name}", bad)
+        if not len(result["eps"]) == len(result["adversarial_accuracy"]) \
+                == len(result["transfer_success"]) == len(record["eps"]):
+            raise bad(f"{where} transfer {name}: needs one entry per eps of the record")
+    if record.get("surrogate") is not None:
+        _check_fields(record["surrogate"], _BLACKBOX["surrogate"], f"{where} surrogate", bad)
+    for j, row in enumerate(record["square"]):
+        _check_fields(row, _BLACKBOX["square"], f"{where} square[{j}]", bad)
 
 
 def _check_fields(record: Any, fields: dict[str, str], where: str,
