@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from robustkit.errors import RobustkitError
 from robustkit.explain.plotting import literal, save_figure
@@ -119,7 +120,7 @@ def broken_by_chart(rows: Mapping[str, Mapping[str, float]], order: Sequence[str
     """One horizontal stacked bar per model: the share of examples misclassified clean,
     broken by each attack in ``order``, and robust (``{model: {segment: fraction}}``);
     ``notes`` (e.g. the cost) are written after each bar."""
-    fig = Figure(figsize=(7.2, 0.7 + 0.55 * max(len(rows), 1)), layout="constrained")
+    fig = Figure(figsize=(7.2, 1.2 + 0.55 * max(len(rows), 1)), layout="constrained")
     ax = fig.subplots()
     names = list(rows)
     segments = ["clean error", *order, "robust"]
@@ -138,8 +139,9 @@ def broken_by_chart(rows: Mapping[str, Mapping[str, float]], order: Sequence[str
     for j, m in enumerate(names):
         if notes and m in notes:
             ax.text(101, j, literal(notes[m]), va="center", fontsize=7, clip_on=False)
-    ax.legend(fontsize=7, ncols=min(len(segments), 6), loc="upper center",
-              bbox_to_anchor=(0.5, -0.35 if len(names) < 3 else -0.15))
+    # Below the axes, outside them (constrained layout makes room): never over the bars
+    # or the axis label.
+    fig.legend(fontsize=7, ncols=min(len(segments), 6), loc="outside lower center")
     if title:
         ax.set_title(literal(title))
     return _save(fig, path)
@@ -163,7 +165,9 @@ def blackbox_chart(accuracy: Sequence[tuple[float, float, float]],
         ...                {"substitute": [(0.1, 0.2, 0), (0.3, 0.8, 0)]})  # doctest: +SKIP
     """
     panels = 3 if square else 2
-    fig = Figure(figsize=(4.6 * panels, 3.8), layout="constrained")
+    # Wider gaps than the default: the first panel's twin axis label sits between panels.
+    fig = Figure(figsize=(4.6 * panels, 3.8),
+                 layout=ConstrainedLayoutEngine(wspace=0.08))
     axes = fig.subplots(1, panels, squeeze=False)[0]
     ax = axes[0]
     bars = ax.twinx()
