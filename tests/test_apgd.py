@@ -20,19 +20,9 @@ from robustkit.attacks.base import dlr, dlr_targeted
 from robustkit.core import predict
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
+from wrappers import Scaled
 
 TOL = 1e-5  # slack of the eps-ball checks (float rounding of x + delta)
-
-
-class Scaled(nn.Module):
-    """``model``'s logits times ``factor``: the same predictions, saturated softmax."""
-
-    def __init__(self, model: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.model, self.factor = model, factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.factor
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from robustkit.core import predict
 from robustkit.core.resume import BlockStore
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
+from wrappers import Scaled
 
 EPS = 0.1
 
@@ -31,15 +32,6 @@ EPS = 0.1
 def test40(mnist_1000):
     x, y = mnist_1000["test"]
     return x[:40], y[:40]
-
-
-class Scaled(nn.Module):
-    def __init__(self, model: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.model, self.factor = model, factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.factor
 
 
 class Softmaxed(nn.Module):

@@ -6,32 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from robustkit import attacks, models
 from robustkit.core.cost import (PGD40_UNITS, Cost, charge, metered, metering,
                                  pgd40_equivalents)
+from wrappers import Counted
 
 PROBE = 2  # model_contract's probe: two images, not charged to the attack
-
-
-class Counted(nn.Module):
-    """``model`` with every example's forward and backward passes counted by hooks."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.forward_rows = 0
-        self.backward_rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        self.forward_rows += len(x)
-        if out.requires_grad:
-            def seen(grad: torch.Tensor, n: int = len(x)) -> None:
-                self.backward_rows += n
-            out.register_hook(seen)
-        return out
 
 
 @pytest.fixture

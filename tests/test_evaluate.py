@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustkit import attacks, evaluate, metrics
+from wrappers import Scaled
 
 STEPS = 10
 EPS = [0.2, 0.05, 0.15, 0.1]  # deliberately unsorted
@@ -184,22 +185,11 @@ def test_validity_checks_flag_gradient_masking(trained_mlp, test200):
             or checks["beats_random_noise"]["passed"] is False)
 
 
-class Times(nn.Module):
-    """The model's logits times ``factor``: the same decisions, a saturated softmax."""
-
-    def __init__(self, model: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.model, self.factor = model, factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.factor
-
-
 def test_pgd_overstating_robustness_fails_the_apgd_dlr_check(trained_mlp, test200):
     # Logits x 30 saturate the softmax: cross-entropy's gradient vanishes on confidently
     # classified images and PGD stalls, while DLR (scale-invariant) is not fooled.
     x, y = test200
-    scaled = Times(trained_mlp, 30.0).eval()
+    scaled = Scaled(trained_mlp, 30.0).eval()
     result = evaluate.validity_checks(scaled, x, y, eps=0.1, steps=STEPS, progress=False)
     check = checks_by_name(result)["pgd_matches_apgd_dlr"]
     assert check["passed"] is False, check["detail"]

@@ -288,3 +288,11 @@ def test_a_run_killed_during_training_goes_on_from_the_last_epoch(tmp_path, monk
     assert not list((tmp_path / "cut" / "models").glob("*.resume"))
     assert _comparable(tmp_path / "cut" / "results.json") == \
         _comparable(tmp_path / "whole" / "results.json")
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parent.parent / "experiments")
+                                          .glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(config):
+    # Checked at load (names, options, eps grids, sections) without training anything.
+    cfg = load_experiment(config)
+    assert cfg.models

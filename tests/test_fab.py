@@ -25,6 +25,7 @@ from robustkit.core import predict
 from robustkit.core.cost import metering
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
+from wrappers import Counted
 
 TOL = 1e-5  # slack of the eps-ball checks (float rounding of x + delta)
 PROBE = 2  # model_contract's probe: two images, not charged to the attack
@@ -254,25 +255,6 @@ def test_fab_finds_torchattacks_minimal_perturbations(trained_mlp, test200, norm
 
 
 # --------------------------------------------------------------------------- cost
-
-class Counted(nn.Module):
-    """``model`` with every example's forward and backward passes counted by hooks."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.forward_rows = 0
-        self.backward_rows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        self.forward_rows += len(x)
-        if out.requires_grad:
-            def seen(grad: torch.Tensor, n: int = len(x)) -> None:
-                self.backward_rows += n
-            out.register_hook(seen)
-        return out
-
 
 @pytest.mark.parametrize("targeted", [True, False])
 def test_bill_matches_the_passes_the_model_made(targeted, trained_mlp, test200):
