@@ -371,3 +371,10 @@ def test_cli_refuses_bad_command_lines_before_any_work(tmp_path, tiny_mlp, capsy
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and phrase in err, err
     assert not out.exists()
+
+
+def test_the_mlp_substitute_defaults_to_cleverhans_two_layers_of_200():
+    sub, _, _ = _tiny_run(seed_y=True, arch_options=None, rounds=1)
+    assert sub.options["arch_options"] == {"hidden": [200, 200], "dropout": 0.0}
+    widths = [m.out_features for m in sub.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [200, 200, K]

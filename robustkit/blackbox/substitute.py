@@ -109,6 +109,14 @@ def step_size(lam: float, r: int, flip_every: int) -> float:
     return lam * (-1) ** (r // flip_every)
 
 
+#: The substitute's options for an ``arch`` given without ``arch_options``: for the mlp,
+#: CleverHans v3's tutorial substitute (two hidden layers of 200, no dropout). Measured on
+#: the default mlp oracle with 150 seeds and 6 rounds: oracle accuracy on FGSM transfers at
+#: eps 0.3 of 17.3-19.5% over 4 seeds, against 18.0-21.3% for the mlp's own defaults
+#: (512-256, dropout 0.2). Any other arch gets its own defaults.
+SUBSTITUTE_OPTIONS: dict[str, dict[str, Any]] = {"mlp": {"hidden": [200, 200], "dropout": 0.0}}
+
+
 def substitute(
     oracle: Oracle,
     seed_x: Tensor,
@@ -141,7 +149,8 @@ def substitute(
             name such as ``mlp`` or ``alexnet``, ``torchvision:NAME``, ...), built for the
             seeds' shape and the oracle's classes; or an ``nn.Module``, of which a copy is
             trained (the module given is left as it was).
-        arch_options: the spec's own options (e.g. ``{"hidden": [200, 200]}``).
+        arch_options: the spec's own options (e.g. ``{"hidden": [200, 200]}``); None:
+            :data:`SUBSTITUTE_OPTIONS` for ``arch`` if it has an entry, else its defaults.
         rounds: substitute training rounds (int >= 1).
         lam: the augmentation step size (finite, > 0), in pixel units.
         flip_every: lambda changes sign every this many rounds (int >= 1).
@@ -199,6 +208,8 @@ def substitute(
             f"{oracle.remaining:,} left ({oracle.queries:,} of {oracle.budget:,} used); lower "
             f"rounds or the number of seeds")
     dev = pick_device(device)
+    if arch_options is None and isinstance(arch, str):
+        arch_options = SUBSTITUTE_OPTIONS.get(arch)
     model, arch_name = _build(arch, arch_options, tuple(seed_x.shape[1:]), k, seed, what)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam",
                       weight_decay=0.0, label_smoothing=0.0, augment="none")

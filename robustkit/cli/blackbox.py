@@ -48,7 +48,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--arch", default="mlp", metavar="SPEC",
                    help="the substitute's model spec (default mlp)")
     p.add_argument("--arch-options", type=common.model_options, metavar="KEY=VALUE,...",
-                   help="the substitute's options (e.g. hidden=[200,200],dropout=0)")
+                   help="the substitute's options (default for mlp: hidden=[200,200],dropout=0, "
+                        "CleverHans' substitute; other archs: their own defaults)")
     p.add_argument("--epochs", type=common.positive_int, default=10,
                    help="training epochs per round (default 10)")
     p.add_argument("--train-batch-size", type=common.positive_int, default=128,

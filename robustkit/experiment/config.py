@@ -59,7 +59,7 @@ import numpy as np
 
 from robustkit import data, models
 from robustkit.adversarial import adversarial_training
-from robustkit.blackbox.substitute import MAX_SET_VALUES
+from robustkit.blackbox.substitute import MAX_SET_VALUES, SUBSTITUTE_OPTIONS
 from robustkit.config import (NORMS, AdversarialConfig, Reference, TrainConfig, from_dict,
                               load_toml)
 from robustkit.core import check_name
@@ -335,11 +335,6 @@ class ValiditySection:
         _distinct(self.models, "models")
 
 
-#: The substitute's options when ``[blackbox]`` names its ``arch`` but no ``arch_options``:
-#: for the default mlp, CleverHans v3's tutorial substitute (two hidden layers of 200, no
-#: dropout); any other arch gets its own defaults.
-SUBSTITUTE_OPTIONS: dict[str, dict[str, Any]] = {"mlp": {"hidden": [200, 200], "dropout": 0.0}}
-
 #: Who labels the seed images of ``[blackbox]``: the attacker (their own true labels, no
 #: query; CleverHans' tutorial) or the oracle (``seed_n`` more queries).
 SEED_LABELS = ("attacker", "oracle")
@@ -364,8 +359,9 @@ class BlackboxSection:
         rounds, lam, flip_every, epochs: the substitute's rounds, augmentation step
             (> 0), sign change period and training epochs per round.
         arch: the substitute's model spec (a registered name or ``torchvision:NAME`` ...).
-        arch_options: its options; default :data:`SUBSTITUTE_OPTIONS` for ``arch``, else
-            the arch's own defaults.
+        arch_options: its options; default
+            :data:`robustkit.blackbox.substitute.SUBSTITUTE_OPTIONS` for ``arch``, else the
+            arch's own defaults.
         attack, options: the attack crafted on the substitute (any robustkit attack with
             an eps) and its options.
         eps: the radii of the transferred attack (one oracle query per image and radius).
