@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,8 +242,10 @@ def _stage_seed(seed: int, stage: int) -> int:
 # its bill and checks) reads best as one sequence.
 def _block(model: nn.Module, plan: list[Stage], x: Tensor, y: Tensor, index: Tensor, *,
            eps: float, norm: str, seed: int, compare_pgd: bool,
-           seconds: dict[str, float]) -> dict[str, Tensor]:
-    """The records of one block of examples (see :class:`AutoAttackResult`)."""
+           seconds: dict[str, float], note: Callable[[str], None] = lambda stage: None
+           ) -> dict[str, Tensor]:
+    """The records of one block of examples (see :class:`AutoAttackResult`); ``note`` is
+    told each stage as it starts (the progress bar shows it)."""
     n = len(y)
     y_cpu = y.cpu()
     ev = _evidence(model, x, y)
@@ -259,6 +262,7 @@ def _block(model: nn.Module, plan: list[Stage], x: Tensor, y: Tensor, index: Ten
         # The model contract warned once (first block); the flags say it beside the number.
         warnings.filterwarnings("ignore", message=".*look like probabilities.*")
         if compare_pgd:
+            note("pgd-40")
             row["pgd"] = clean.clone()
             idx = clean.nonzero().squeeze(1)
             if len(idx):
@@ -271,6 +275,7 @@ def _block(model: nn.Module, plan: list[Stage], x: Tensor, y: Tensor, index: Ten
             idx = row["robust"].nonzero().squeeze(1)
             if len(idx) == 0:
                 continue
+            note(f"{stage.name} on {len(idx)}")
             start = time.perf_counter()
             with metering(len(idx)) as bill:
                 x_adv = ATTACKS.get(stage.attack)(
@@ -400,7 +405,8 @@ def autoattack(model: nn.Module, data: Data, *, eps: float, norm: str = "linf",
             row = resume.get(start) if resume is not None else None
             if row is None or set(row) != set(keys) or len(row["index"]) != len(y):
                 row = _block(model, plan, x, y, b.index, eps=eps, norm=norm, seed=seed,
-                             compare_pgd=compare_pgd, seconds=seconds)
+                             compare_pgd=compare_pgd, seconds=seconds,
+                             note=lambda stage: bar.set_postfix_str(stage))
                 if resume is not None:
                     resume.put(start, row)
             assert records is not None

@@ -162,7 +162,7 @@ def test_flags_fire_on_models_built_for_them(trained_mlp, test40):
 def test_flags_are_warned(trained_mlp, test40):
     x, y = test40
     with pytest.warns(UserWarning, match="probabilities"):
-        evaluate.autoattack(Softmaxed(trained_mlp), (x[:8], y[:8]), eps=EPS, version="fast",
+        evaluate.autoattack(Softmaxed(trained_mlp).eval(), (x[:8], y[:8]), eps=EPS, version="fast",
                             compare_pgd=False)
 
 
@@ -279,3 +279,19 @@ def test_a_config_with_bad_autoattack_options_is_refused_at_load(tmp_path, optio
     cfg.write_text(text)
     with pytest.raises(RobustkitError, match=match):
         load_experiment(cfg)
+
+
+def test_square_breaking_what_gradients_cannot_is_flagged(trained_mlp, test40):
+    # The quantized model's input gradient is zero everywhere: APGD and FAB cannot move,
+    # Square (which reads scores only) still finds the quantization levels' boundaries.
+    x, y = test40
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate.autoattack(Quantized(trained_mlp), (x[:12], y[:12]), eps=0.3,
+                                     compare_pgd=False)
+    split = result.split()
+    assert split["apgd-ce"]["broken"] == split["apgd-t"]["broken"] == split["fab-t"]["broken"] == 0
+    assert split["square"]["broken"] > 0
+    assert split["square"]["queries"] > 0 and split["square"]["backward"] == 0
+    names = [f.name for f in result.flags]
+    assert "square_beats_whitebox" in names and "zero_gradients" in names
