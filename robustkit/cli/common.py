@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from robustkit import data, models
+from robustkit.attacks import ATTACKS
 from robustkit.core import (check_writable, check_writable_dir, distributed, pick_device,
                             sha256, write_json)
 from robustkit.core.resume import BlockStore
@@ -341,8 +342,9 @@ def add_attack_args(p: argparse.ArgumentParser, checkpoint: bool = True) -> None
     if checkpoint:
         add_model_args(p)
     p.add_argument("--attack", default="pgd",
-                   help="registered name (fgsm, bim, pgd, mifgsm, apgd, deepfool, cw_l2) or "
-                        "package.module:function (default pgd)")
+                   help=f"registered name ({', '.join(ATTACKS.names())}) or "
+                        "package.module:function (default pgd); the robust accuracy to "
+                        "report comes from robustkit autoattack")
     p.add_argument("--steps", type=positive_int, help="iterations (the attack's default if "
                                                       "omitted)")
     p.add_argument("--alpha", type=nonneg_float, help="step size (the attack's default if "
