@@ -24,12 +24,16 @@ from tqdm.auto import tqdm
 
 from robustkit.attacks.binding import BoundAttack
 from robustkit.core import check_inputs, check_labels, model_contract, model_device, predict
+from robustkit.core.cost import metering, pgd40_equivalents
 from robustkit.core.distributed import current_shard, gather
 from robustkit.core.resume import BlockStore
 from robustkit.core.stream import Data, batches, is_tensor_pair, size
 from robustkit.errors import RobustkitError
 
 Tensor = torch.Tensor
+
+#: Per-example cost records of the attack (:mod:`robustkit.core.cost`).
+COST_KEYS = ("forward", "backward", "queries")
 
 
 class Accuracy(float):
@@ -78,6 +82,8 @@ class Outcomes:
         attacked: (N,) bool: the attack ran on the example.
         measures: name -> (N,) float: each ``measure`` of (clean, adversarial) image pairs
             (NaN where the example was not attacked).
+        costs: ``forward``, ``backward``, ``queries`` -> (N,) int64: what the attack cost
+            per example (0 where it was not attacked; see :meth:`cost`).
     """
 
     index: Tensor
@@ -86,6 +92,20 @@ class Outcomes:
     adv: dict[str, Tensor] = field(default_factory=dict)
     attacked: Tensor | None = None
     measures: dict[str, Tensor] = field(default_factory=dict)
+    costs: dict[str, Tensor] = field(default_factory=dict)
+
+    def cost(self) -> dict[str, float] | None:
+        """What the attack cost over all examples: forward and backward passes, queries
+        (:mod:`robustkit.core.cost`; attacks that do not count, such as torchattacks
+        objects or user functions, show 0), and PGD-40 equivalents per attacked example.
+        None without an attack."""
+        if "forward" not in self.costs:
+            return None
+        c = self.costs
+        f, b = int(c["forward"].sum()), int(c["backward"].sum())
+        attacked = int(self.attacked.sum()) if self.attacked is not None else 0
+        return {"forward": f, "backward": b, "queries": int(c["queries"].sum()),
+                "pgd40_per_example": float(pgd40_equivalents(f, b)) / max(attacked, 1)}
 
     def robust(self, name: str) -> Tensor:
         """(N,) bool: correct both clean and attacked (never more than clean accuracy)."""
@@ -150,7 +170,8 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
                leave=False)
     # Every key from the start: a rank with no examples still sends each of them.
     keys = ["index", "label", "attacked", *(f"clean:{n}" for n in scorers if clean),
-            *(f"adv:{n}" for n in scorers if attack), *(f"measure:{n}" for n in measure or {})]
+            *(f"adv:{n}" for n in scorers if attack), *(f"measure:{n}" for n in measure or {}),
+            *(COST_KEYS if attack else ())]
     mine = None if total is None else sum(b - a for a, b in shard.blocks(total, batch_size))
     records = Records(keys, mine)
     checked = False
@@ -186,13 +207,14 @@ def outcomes(data: Data, scorers: Mapping[str, nn.Module], attack: BoundAttack |
                     {k[6:]: v for k, v in joined.items() if k.startswith("clean:")},
                     {k[4:]: v for k, v in joined.items() if k.startswith("adv:")},
                     joined["attacked"],
-                    {k[8:]: v for k, v in joined.items() if k.startswith("measure:")})
+                    {k[8:]: v for k, v in joined.items() if k.startswith("measure:")},
+                    {k: joined[k] for k in COST_KEYS if k in joined})
 
 
 def _dtype(key: str) -> torch.dtype:
     if key.startswith("measure:"):
         return torch.float32
-    return torch.long if key in ("index", "label") else torch.bool
+    return torch.long if key in ("index", "label", *COST_KEYS) else torch.bool
 
 
 class Records:
@@ -253,6 +275,7 @@ def _score_batch(scorers: Mapping[str, nn.Module], attack: BoundAttack | None,
     else:
         mask = only[index]
     row["attacked"] = mask
+    row.update({k: torch.zeros(len(y), dtype=torch.long) for k in COST_KEYS})
     adv_ok = {name: ok.clone() for name, ok in clean_ok.items()}
     values = {name: torch.full((len(y),), float("nan")) for name in measure}
     if mask.any():
@@ -260,7 +283,11 @@ def _score_batch(scorers: Mapping[str, nn.Module], attack: BoundAttack | None,
         with warnings.catch_warnings():
             # The model contract warned once for the first batch; not again per batch.
             warnings.filterwarnings("ignore", message=".*look like probabilities.*")
-            x_adv = attack(x[sel], y[sel], index=index[sel])
+            with metering(len(sel)) as bill:
+                x_adv = attack(x[sel], y[sel], index=index[sel])
+        sel_cpu = sel.cpu()
+        row["forward"][sel_cpu], row["backward"][sel_cpu] = bill.forward, bill.backward
+        row["queries"][sel_cpu] = bill.queries
         for name, scorer in scorers.items():
             adv_ok[name][sel] = predict(scorer, x_adv).argmax(1) == y_cpu[sel.cpu()]
         x_cpu = x[sel].detach().float().cpu()

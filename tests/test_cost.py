@@ -94,3 +94,20 @@ def test_pgd40_equivalents_and_rows():
     part.forward += torch.tensor([3, 5])
     total.add_rows(torch.tensor([1, 3]), part)
     assert total.forward.tolist() == [0, 3, 0, 5]
+
+
+def test_evaluations_record_what_each_example_cost(model):
+    from robustkit.attacks import bind
+    from robustkit.outcomes import outcomes
+
+    x, y = batch(20)
+    only = torch.zeros(20, dtype=torch.bool)
+    only[::2] = True
+    out = outcomes((x, y), {"m": model}, bind("bim", model, {"steps": 4}, eps=0.1),
+                   batch_size=7, only=only)
+    assert out.costs["backward"].tolist() == [4 if a else 0 for a in only.tolist()]
+    assert torch.equal(out.costs["forward"], out.costs["backward"])
+    cost = out.cost()
+    assert cost is not None and cost["forward"] == 40 and cost["queries"] == 0
+    assert cost["pgd40_per_example"] == pytest.approx(pgd40_equivalents(4, 4))
+    assert outcomes((x, y), {"m": model}).cost() is None  # clean only: no attack, no bill

@@ -133,6 +133,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         "robust_accuracy": (clean_ok & adv_ok).float().mean().item(),
         "success_rate": fooled.sum().item() / max(1, clean_ok.sum().item()),
         "median_over_fooled": {name: median(name) for name in MEASURES},
+        "cost": out_.cost(),
     }
     med = result["median_over_fooled"]
     print(f"{args.attack} {json.dumps(recorded)} on {common.count(x, y)} {dataset} test images "
@@ -140,6 +141,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     print(f"clean accuracy   {result['clean_accuracy'] * 100:6.2f}%")
     print(f"robust accuracy  {result['robust_accuracy'] * 100:6.2f}%")
     print(f"success rate     {result['success_rate'] * 100:6.2f}% of correctly classified images")
+    cost = result["cost"]
+    if cost is not None and cost["forward"]:
+        print(f"cost             {cost['pgd40_per_example']:.2f} PGD-40 equivalents per attacked "
+              f"image ({cost['forward']} forward, {cost['backward']} backward passes, "
+              f"{cost['queries']} queries)")
     if med["l2"] is not None:
         print(f"median over fooled: L0 {med['l0']:.0f}  L2 {med['l2']:.3f}  "
               f"Linf {med['linf']:.3f}  PSNR {med['psnr']:.1f} dB  SSIM {med['ssim']:.3f}")
