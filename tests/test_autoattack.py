@@ -258,6 +258,8 @@ def test_a_config_runs_autoattack_and_the_report_shows_who_broke_what(tmp_path):
     assert broken == round((rec["clean_accuracy"] - rec["robust_accuracy"]) * rec["n"])
     pgd = [r for r in records if r.get("method") == "pgd"][0]
     assert rec["robust_accuracy"] <= pgd["robust_accuracy"] + 1e-9  # stronger than PGD-3
+    assert pgd["cost"]["backward"] == 3 * pgd["n"]  # PGD-3: three gradients per image
+    assert pgd["cost"]["pgd40_per_example"] == pytest.approx(3 * 3 / 120)
     render(tmp_path / "run")
     html = next((tmp_path / "run").rglob("index.html")).read_text()
     md = next((tmp_path / "run").rglob("README.md")).read_text()
@@ -266,6 +268,7 @@ def test_a_config_runs_autoattack_and_the_report_shows_who_broke_what(tmp_path):
     assert figure is not None
     assert next((tmp_path / "run").rglob(Path(figure.group(1)).name)).stat().st_size > 1000
     assert "broken by apgd-ce" in html and "PGD-40" in md
+    assert "cost (PGD-40 per image)" in html and "<td>0.07</td>" in html
 
 
 @pytest.mark.parametrize("options,match", [

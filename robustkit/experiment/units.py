@@ -37,6 +37,7 @@ from robustkit.blackbox import (Oracle, Substitute, planned_queries, substitute,
 from robustkit.config import TrainConfig
 from robustkit.core import accuracy_of, predict
 from robustkit.core.stream import batches
+from robustkit.core.cost import metering, pgd40_equivalents
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import (adversarial_examples, autoattack, minimal_table,
                                 validity_checks)
@@ -197,10 +198,14 @@ def attack(ctx: Context, name: str, seed: int, eps: float) -> Result:
     x, y = ctx.test_set()
     if entry.attack == "autoattack":
         return _autoattack(ctx, model, name, seed, eps), None
-    x_adv = _attack(ctx, model, entry.attack, entry.options, seed, eps, x, y)
+    with metering(len(y)) as bill:
+        x_adv = _attack(ctx, model, entry.attack, entry.options, seed, eps, x, y)
+    spent = bill.totals()  # attacks that do not count (user functions) leave zeros
+    cost = {**spent, "pgd40_per_example": float(pgd40_equivalents(spent["forward"],
+                                                                  spent["backward"])) / len(y)}
     return {"kind": "attack", "model": name, "seed": seed, "attack": entry.label,
             "method": entry.attack, "eps": eps, "options": entry.options,
-            **_scores(model, x, x_adv, y)}, None
+            **_scores(model, x, x_adv, y), "cost": cost if spent["forward"] else None}, None
 
 
 def _autoattack(ctx: Context, model: nn.Module, name: str, seed: int, eps: float

@@ -48,6 +48,13 @@ _MD = jinja2.Environment(loader=jinja2.PackageLoader("robustkit.report", "templa
                          trim_blocks=True, lstrip_blocks=True, finalize=md_finalize)
 
 
+def _pgd40(record: dict) -> float | None:
+    """An attack record's cost in PGD-40 equivalents per image, if it counted one."""
+    cost = record.get("cost")
+    value = cost.get("pgd40_per_example") if isinstance(cost, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def slug(*parts: Any) -> str:
     """A safe, unique file name for a figure named by user strings: ASCII letters, digits,
     ``.`` and ``-`` only (nothing Markdown or HTML would read), plus a hash of the parts."""
@@ -216,6 +223,8 @@ class Report:
                                                     if r["eps"] == e)),
                         "confidence": fmt(*mean_std(r["mean_confidence"] for r in mrecs
                                                     if r["eps"] == e)),
+                        "cost": fmt(*mean_std(_pgd40(r) for r in mrecs if r["eps"] == e),
+                                    percent=False, digits=2),
                     } for e in eps_values]})
             options = recs[0].get("options", {})
             fig = self.figure(slug("robustness", label), lambda p: figures.line_chart(
