@@ -36,7 +36,9 @@ def add_parsers(sub: Any) -> None:
                         "randomized models) or fast (APGD-CE, APGD-T: a quick check)")
     p.add_argument("--no-pgd", action="store_true",
                    help="skip the PGD-40 comparison (and its gap flag)")
-    common.add_images(p, n=1000, batch_size=500)
+    # Blocks of 250: a finished block is kept under OUT.parts/, and on a CPU a block of a
+    # robust model takes many minutes, so a killed run loses at most one such block.
+    common.add_images(p, n=1000, batch_size=250)
     p.add_argument("--seed", type=common.seed_int, default=0)
     common.add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
