@@ -298,3 +298,16 @@ def test_square_breaking_what_gradients_cannot_is_flagged(trained_mlp, test40):
     assert split["square"]["queries"] > 0 and split["square"]["backward"] == 0
     names = [f.name for f in result.flags]
     assert "square_beats_whitebox" in names and "zero_gradients" in names
+
+
+def test_rand_version_averages_gradients_on_a_randomized_model(trained_mlp, test40):
+    x, y = test40
+    result = run(Noisy(trained_mlp).eval(), (x[:6], y[:6]), eps=EPS, version="rand",
+                 compare_pgd=False)
+    assert result.attacks == ["apgd-ce", "apgd-dlr"]
+    flag = next(f for f in result.flags if f.name == "randomized")
+    assert "version='rand'" not in flag.message  # already the right version
+    # EoT: 20 forward and backward passes per step for every example APGD-CE attacked.
+    attacked = result.records["apgd-ce:backward"] > 0
+    assert attacked.any()
+    assert (result.records["apgd-ce:backward"][attacked] % 20 == 0).all()
