@@ -5,7 +5,7 @@ attack", arXiv 1904.02144 (Algorithm 2, untargeted, L2 and Linf).
 
 The attack reads only the argmax of the model's outputs (one *query* per image), never a
 gradient or a score: every model call runs under ``torch.no_grad`` and is counted and
-limited per example by :class:`robustkit.attacks.square.Queries`. All examples still
+limited per example by :class:`robustkit.attacks.queries.Queries`. All examples still
 being attacked advance together, each with its own step sizes and binary searches.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from robustkit.attacks.base import (borrowed, check_eps, check_labels, check_positive_int,
                                     check_result, check_values, prepare, threat_model)
-from robustkit.attacks.square import Queries, draw_rows, draws_for
+from robustkit.attacks.queries import Queries, draw_rows, draws_for
 from robustkit.attacks.threat import ThreatModel
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
