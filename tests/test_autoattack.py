@@ -311,3 +311,17 @@ def test_rand_version_averages_gradients_on_a_randomized_model(trained_mlp, test
     attacked = result.records["apgd-ce:backward"] > 0
     assert attacked.any()
     assert (result.records["apgd-ce:backward"][attacked] % 20 == 0).all()
+
+
+@pytest.mark.parametrize("pgd,robust,flagged", [(0.91, 0.89, False), (0.92, 0.89, True),
+                                                (0.89, 0.89, False)])
+def test_the_gap_flag_fires_above_two_points_not_at_two(pgd, robust, flagged):
+    from robustkit.autoattack import _flags
+
+    n = 100
+    rec = {"index": torch.arange(n), "probabilities": torch.zeros(n, dtype=torch.bool),
+           "randomized": torch.zeros(n, dtype=torch.bool),
+           "zero_grad": torch.zeros(n, dtype=torch.bool), "clean": torch.ones(n, dtype=torch.bool),
+           "broken_by": torch.zeros(n, dtype=torch.long)}
+    names = [f.name for f in _flags(rec, stages("fast", 10), "fast", robust, pgd)]
+    assert ("pgd_gap" in names) is flagged
