@@ -323,8 +323,9 @@ def _flags(rec: dict[str, Tensor], plan: list[Stage], version: str, robust: floa
     square = [i + 1 for i, s in enumerate(plan) if not s.whitebox]
     beaten = int(sum((rec["broken_by"] == i).sum() for i in square))
     if beaten:
-        flags.append(Flag("square_beats_whitebox", f"Square broke {beaten} examples the "
-                          f"white-box attacks could not: a sign of gradient masking"))
+        flags.append(Flag("square_beats_whitebox", f"Square broke {beaten} "
+                          f"example{'' if beaten == 1 else 's'} the white-box attacks could "
+                          f"not: a sign of gradient masking"))
     # 1e-9: a gap of exactly 2 points (0.91 - 0.89 in floats) is not more than 2.
     if pgd is not None and 100 * (pgd - robust) > GAP_POINTS + 1e-9:
         flags.append(Flag("pgd_gap", f"PGD-40 says {100 * pgd:.2f}% robust but AutoAttack "
