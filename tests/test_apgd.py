@@ -20,6 +20,7 @@ from robustkit.attacks.base import dlr, dlr_targeted
 from robustkit.core import predict
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
+from tests.as_found import assert_as_found, snapshot
 from wrappers import Scaled
 
 TOL = 1e-5  # slack of the eps-ball checks (float rounding of x + delta)
@@ -84,16 +85,13 @@ def test_apgd_leaves_the_model_as_found(bn_cnn, mnist_1000):
     bn_cnn.eval()
     children = list(bn_cnn.modules())
     children[-1].train()  # a mixed state must come back exactly
-    modes = [m.training for m in bn_cnn.modules()]
-    state = {k: v.clone() for k, v in bn_cnn.state_dict().items()}
+    before = snapshot(bn_cnn)
     x_copy = x.clone()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         attacks.apgd(bn_cnn, x, y, eps=0.1, steps=5, loss="dlr", targeted=True,
                      target_classes=2, seed=0)
-    assert [m.training for m in bn_cnn.modules()] == modes
-    assert all(torch.equal(v, state[k]) for k, v in bn_cnn.state_dict().items())
-    assert all(p.grad is None for p in bn_cnn.parameters())
+    assert_as_found(bn_cnn, before)
     assert torch.equal(x, x_copy)
 
 

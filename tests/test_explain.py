@@ -15,6 +15,7 @@ from torch import nn
 
 from robustkit import explain, models
 from robustkit.errors import RobustkitError
+from tests.as_found import assert_as_found, snapshot
 from tests.test_attacks import half_train
 
 EVERY = explain.names()
@@ -226,28 +227,6 @@ def test_on_a_linear_model_gradient_is_the_weight_row(linear, tiny_batch):
 
 
 # --------------------------------------------------------------------------- state kept
-
-def snapshot(model: nn.Module) -> dict:
-    return {"modes": {n: m.training for n, m in model.named_modules()},
-            "params": {k: p.detach().clone() for k, p in model.named_parameters()},
-            "storage": {k: (p.data_ptr(), p.stride()) for k, p in model.named_parameters()},
-            "buffers": {k: b.clone() for k, b in model.named_buffers()},
-            "attrs": {n: set(vars(m)) for n, m in model.named_modules()}}
-
-
-def assert_as_found(model: nn.Module, before: dict) -> None:
-    assert {n: m.training for n, m in model.named_modules()} == before["modes"]
-    for k, p in model.named_parameters():
-        assert torch.equal(p, before["params"][k]) and p.grad is None, k
-        assert (p.data_ptr(), p.stride()) == before["storage"][k], k  # same memory, layout
-    for k, b in model.named_buffers():
-        assert torch.equal(b, before["buffers"][k]), k
-    for n, m in model.named_modules():
-        assert set(vars(m)) == before["attrs"][n], n  # no attribute left behind
-        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                      "_backward_pre_hooks"):
-            assert not getattr(m, hooks), (n, hooks)
-
 
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("name", EVERY)

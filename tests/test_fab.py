@@ -25,6 +25,7 @@ from robustkit.core import predict
 from robustkit.core.cost import metering
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
+from tests.as_found import assert_as_found, snapshot
 from wrappers import Counted
 
 TOL = 1e-5  # slack of the eps-ball checks (float rounding of x + delta)
@@ -142,17 +143,14 @@ def test_fab_leaves_the_model_and_input_as_found(bn_cnn, mnist_1000):
     bn_cnn.eval()
     children = list(bn_cnn.modules())
     children[-1].train()  # a mixed state must come back exactly
-    modes = [m.training for m in bn_cnn.modules()]
-    state = {k: v.clone() for k, v in bn_cnn.state_dict().items()}
+    before = snapshot(bn_cnn)
     x_copy = x.clone()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for targeted in (True, False):
             attacks.fab(bn_cnn, x, y, eps=0.1, steps=4, targeted=targeted, target_classes=2,
                         restarts=2, seed=0)
-    assert [m.training for m in bn_cnn.modules()] == modes
-    assert all(torch.equal(v, state[k]) for k, v in bn_cnn.state_dict().items())
-    assert all(p.grad is None for p in bn_cnn.parameters())
+    assert_as_found(bn_cnn, before)
     assert torch.equal(x, x_copy)
 
 

@@ -22,6 +22,7 @@ from robustkit.core import predict
 from robustkit.core.cost import metering
 from robustkit.core.seeding import ExampleSeeds
 from robustkit.errors import RobustkitError
+from tests.as_found import assert_as_found, snapshot
 from tests.test_square import Closure, Constant, NoGrad
 
 HSJ = sys.modules["robustkit.attacks.hop_skip_jump"]
@@ -110,16 +111,13 @@ def test_hsj_leaves_the_model_and_the_input_as_found(bn_cnn, tiny_batch):
     model = bn_cnn
     model.train()
     model.drop.eval()
-    modes = [m.training for m in model.modules()]
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     x = tiny_batch[:4].clone().requires_grad_(True)
     x_copy = x.detach().clone()
     with pytest.warns(UserWarning, match="train mode"):
         attacks.hop_skip_jump(model, x, torch.tensor([0, 1, 2, 3]), eps=1.0, queries=200,
                               seed=0)
-    assert [m.training for m in model.modules()] == modes
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
+    assert_as_found(model, before)
     assert torch.equal(x.detach(), x_copy) and x.grad is None
 
 
