@@ -9,7 +9,11 @@ in one process, interleaved (the order alternates between repeats), medians repo
 - robust accuracy of each (robustkit's must be at most torchattacks' + 0.2 points);
 - seconds of each and their ratio (robustkit's at most 0.8x torchattacks');
 - robustkit's split of the examples broken and of the cost (forward/backward passes,
-  queries, PGD-40 equivalents, seconds) over the four attacks.
+  queries, PGD-40 equivalents, seconds) over the four attacks;
+- the test images only one of the two broke, and how far beyond eps torchattacks' farthest
+  adversarial image lies (float32 rounding).
+
+Each model's results are written as soon as it is done.
 
 Models: ``default`` is the default-trained alexnet (``benchmarks/out/alexnet.pt``,
 trained on first use); ``pgd`` is the PGD-trained alexnet
@@ -35,8 +39,11 @@ from robustkit import evaluate, models
 from robustkit.core import predict
 
 
-def theirs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
-    """torchattacks' standard AutoAttack with 100 steps; robust accuracy."""
+def theirs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
+           ) -> tuple[torch.Tensor, float]:
+    """torchattacks' standard AutoAttack with 100 steps: which examples stay robust (N,)
+    bool, and the largest Linf distance of its adversarial images (float32 rounding can
+    put it a few 1e-8 beyond eps)."""
     import torchattacks
 
     target = copy.deepcopy(model)  # torchattacks' FAB leaves .grad on the parameters
@@ -47,7 +54,7 @@ def theirs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float)
             attack.steps = 100
     x_adv = aa(x, y)
     ok = (predict(model, x).argmax(1) == y) & (predict(model, x_adv).argmax(1) == y)
-    return ok.float().mean().item()
+    return ok, float((x_adv - x).abs().amax())
 
 
 def ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float):
@@ -77,7 +84,9 @@ def main() -> None:
     for name, model in zoo.items():
         times: dict[str, list[float]] = {"robustkit": [], "torchattacks": []}
         acc: dict[str, float] = {}
+        robust: dict[str, torch.Tensor] = {}
         split = None
+        overshoot = 0.0
         for r in range(args.repeat):
             order = ["robustkit", "torchattacks"] if r % 2 == 0 else ["torchattacks",
                                                                       "robustkit"]
@@ -87,26 +96,39 @@ def main() -> None:
                     warnings.simplefilter("ignore")
                     if who == "robustkit":
                         result = ours(model, x, y, args.eps)
+                        robust[who] = result.records["robust"].bool()
                         acc[who] = float(result.robust_accuracy)
                         split = result.split()
                         cost = result.cost()
                     else:
-                        acc[who] = theirs(model, x, y, args.eps)
+                        robust[who], farthest = theirs(model, x, y, args.eps)
+                        acc[who] = robust[who].float().mean().item()
+                        overshoot = max(overshoot, farthest - args.eps)
                 times[who].append(time.perf_counter() - start)
                 print(f"{name} {who}: robust {100 * acc[who]:.2f}% in {times[who][-1]:.1f}s",
                       flush=True)
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+        def only(stays: str, breaks: str) -> list[int]:
+            return (robust[stays] & ~robust[breaks]).nonzero().flatten().tolist()
+
         results[name] = {"n": args.n, "eps": args.eps, "repeat": args.repeat,
                          "robust_accuracy": acc, "seconds": med,
                          "time_ratio": med["robustkit"] / med["torchattacks"],
                          "accuracy_gap_points": 100 * (acc["robustkit"] - acc["torchattacks"]),
-                         "split": split, "cost": cost}
+                         "split": split, "cost": cost,
+                         # the images on which the two disagree (test-set indices)
+                         "only_robustkit_broke": only("torchattacks", "robustkit"),
+                         "only_torchattacks_broke": only("robustkit", "torchattacks"),
+                         "torchattacks_beyond_eps": overshoot}
         print(f"{name}: robustkit {100 * acc['robustkit']:.2f}% vs torchattacks "
-              f"{100 * acc['torchattacks']:.2f}%; time {results[name]['time_ratio']:.2f}x")
+              f"{100 * acc['torchattacks']:.2f}%; time {results[name]['time_ratio']:.2f}x; "
+              f"only robustkit broke {results[name]['only_robustkit_broke']}, only "
+              f"torchattacks broke {results[name]['only_torchattacks_broke']}")
         for attack, row in (split or {}).items():
             print(f"  {attack:8s} broke {row['broken']:4d}  {row['pgd40']:.2f} PGD-40/example "
                   f"{row['seconds']:.1f}s")
-    merge_results("autoattack", {f"{k}-n{args.n}": v for k, v in results.items()})
+        merge_results("autoattack", {f"{name}-n{args.n}": results[name]})
 
 
 if __name__ == "__main__":

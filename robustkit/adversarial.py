@@ -74,7 +74,9 @@ ADVERSARIAL_DEFAULTS: dict[str, TrainConfig] = {
     # gave 97.5% / 89.2%, a peak rate of 0.002 98.1% / 88.6% (seed 1). Without
     # augmentation, 7 steps instead of 5 gained nothing (98.1% / 90.0% against 98.5% /
     # 89.8%, seed 0). Without the eps warm-up a peak rate of 0.004, or affine
-    # augmentation, stayed at chance for all 30 epochs.
+    # augmentation, stayed at chance for all 30 epochs. PGD-20 could not see what the
+    # step count did: AutoAttack later showed PGD-5 masking gradients, and the inner attack
+    # now takes 10 steps (AdversarialConfig.steps); these settings were kept.
     "alexnet": TrainConfig(epochs=40, batch_size=64, lr=0.003, optimizer="adam",
                            weight_decay=0.0, augment="affine", label_smoothing=0.0),
     # The 512-256 MLP gets little robustness at eps 0.3 whatever the settings: 94.4% clean /

@@ -95,7 +95,14 @@ class AdversarialConfig:
         eps: radius of the threat model's ball in pixel units (> 0).
         norm: ``linf`` or ``l2``.
         steps: inner-maximization steps; default 1 for ``fgsm-rs`` (the only value it
-            takes) and 5 for ``pgd`` and ``trades``.
+            takes) and 10 for ``pgd`` and ``trades``. Five steps masked gradients: the
+            PGD-5-trained alexnet (Linf eps 0.3) scored 90.6% under PGD-40 but 86.2% under
+            APGD-CE + APGD-T on the first 500 test digits (a 4.4-point overstatement), and
+            Square broke digits the white-box attacks could not; PGD-10 gave 91.8% and
+            88.8% (3.0 points) at twice the training cost. A float32 inner attack changed
+            neither (PGD-5: 90.4% and 86.0%; PGD-10: 91.4% and 88.2%). Measured on test
+            digits because that is where the overstatement was found; the training
+            settings themselves were chosen on validation images.
         alpha: step size; default ``1.25 * eps`` for ``fgsm-rs`` and ``2.5 * eps / steps``
             for ``pgd`` and ``trades``.
         trades_beta: weight of TRADES' KL term (>= 0); 6 as in Zhang et al.'s CIFAR-10 runs.
@@ -111,7 +118,8 @@ class AdversarialConfig:
             float32 attack, mixed-precision weight update). With bfloat16 on a 2-core CPU,
             alexnet's PGD-5 training took 311 s against 338 s with a float32 attack, for
             90.3% against 90.8% PGD-20 accuracy on 800 validation images (one seed: within
-            the noise).
+            the noise); nor did the float32 attack change AutoAttack's figure (see
+            ``steps``).
         guard: hold out ``guard_size`` training images and measure PGD accuracy on them
             after every epoch; on a collapse restore the best epoch's weights.
         guard_size: held-out training images (never the test split).
@@ -179,7 +187,7 @@ class AdversarialConfig:
         """The inner attack's steps, defaults resolved."""
         if self.steps is not None:
             return self.steps
-        return 1 if self.method == "fgsm-rs" else 5
+        return 1 if self.method == "fgsm-rs" else 10
 
     @property
     def attack_alpha(self) -> float:

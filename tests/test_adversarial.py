@@ -93,9 +93,9 @@ def test_each_method_trains_and_records_its_threat_model(method, mnist_1000, tmp
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
     assert history.adversarial["method"] == method
-    assert history.adversarial["steps"] == (1 if method == "fgsm-rs" else 5)
+    assert history.adversarial["steps"] == (1 if method == "fgsm-rs" else 10)
     assert history.adversarial["alpha"] == pytest.approx(
-        0.125 if method == "fgsm-rs" else 0.05)
+        0.125 if method == "fgsm-rs" else 0.025)
     assert history.held_out == 50
     for e in history.epochs:
         assert 0.0 <= e["guard_accuracy"] <= 1.0 and e["restored"] is None
