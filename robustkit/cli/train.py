@@ -73,7 +73,8 @@ def add_parsers(sub: Any) -> None:
                    help="with --adversarial: the threat model's radius (default 0.3)")
     p.add_argument("--adv-norm", help="with --adversarial: linf (default) or l2")
     p.add_argument("--adv-steps", type=common.positive_int,
-                   help="with --adversarial: inner attack steps")
+                   help="with --adversarial: inner attack steps (default 10 for pgd and "
+                        "trades: 5 masked gradients)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--fresh", action="store_true",
                    help="ignore OUT.resume (the training state an interrupted run left) and "
